@@ -1,0 +1,207 @@
+"""The `gspo` command line: parse, load the recipe, call one core function, render.
+
+This is the only module that turns a `GspoError` into an exit code (2 for a user's
+mistake, 1 for a runtime failure) and the only one that prints with Rich. Heavy imports
+(torch, transformers) happen inside commands so `gspo --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from gspo_cli import __version__
+from gspo_cli.errors import GspoError
+
+if TYPE_CHECKING:
+    from gspo_cli.recipe import Recipe
+
+app = typer.Typer(
+    name="gspo",
+    help="Reinforcement-learning fine-tuning of language models with GSPO (GRPO as an ablation).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+RecipeArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Recipe YAML file. Omit it to use the embedded default (tiny Qwen3, addition).",
+        show_default=False,
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a recipe value, e.g. --set algo.mode=grpo (repeatable).",
+        show_default=False,
+    ),
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Plain log lines instead of a live display.")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"gspo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """GSPO/GRPO fine-tuning: prepare data, train, evaluate and compare runs."""
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """The one error boundary: a GspoError becomes one red line and its exit code."""
+    try:
+        yield
+    except GspoError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _quiet_hub() -> None:
+    """No network by default-less surprises: silence transformers' progress bars and chatter."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def _load(recipe: Path | None, overrides: list[str] | None) -> Recipe:
+    from gspo_cli.recipe import load_recipe, warnings_for
+
+    loaded = load_recipe(recipe, overrides or [])
+    for note in warnings_for(loaded):
+        err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
+    return loaded
+
+
+class _TrainView:
+    """Live terminal view of a run: a progress bar with ETA and the key metrics."""
+
+    def __init__(self, steps: int, quiet: bool) -> None:
+        self.quiet = quiet
+        self.steps = steps
+        self.rewards: deque[float] = deque(maxlen=20)
+        self.first_acc: float | None = None
+        self.acc: float | None = None
+        self.log_every = max(1, steps // 20)
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=console,
+            disable=quiet,
+        )
+        self.task = self.progress.add_task("train", total=steps, metrics="")
+
+    def on_row(self, row: dict[str, Any]) -> None:
+        if "eval_accuracy" in row:
+            self._on_eval(row)
+            return
+        self.rewards.append(row["reward_mean"])
+        reward = sum(self.rewards) / len(self.rewards)
+        acc = "-" if self.acc is None else f"{self.acc:.3f}"
+        metrics = (
+            f"reward {reward:.3f}  acc {acc}  clip {row['clip_frac']:.3f}  "
+            f"zero_std {row['zero_std_frac']:.2f}  {row['tokens_per_s']:.0f} tok/s"
+        )
+        self.progress.update(self.task, completed=row["step"], metrics=metrics)
+        if self.quiet and row["step"] % self.log_every == 0:
+            console.print(f"step {row['step']}/{self.steps}  {metrics}", highlight=False)
+
+    def _on_eval(self, row: dict[str, Any]) -> None:
+        self.acc = row["eval_accuracy"]
+        if self.first_acc is None:
+            self.first_acc = self.acc
+        change = f"  ({self.acc - self.first_acc:+.3f} since start)" if row["step"] else ""
+        self.progress.console.print(
+            f"step {row['step']:>5}  eval_accuracy {self.acc:.3f}{change}", highlight=False
+        )
+
+
+@app.command()
+def train(recipe: RecipeArg = None, set_: SetOpt = None, out: Annotated[
+    Path | None, typer.Option("--out", help="Run directory (default: runs/<name>-<time>).")
+] = None, quiet: QuietOpt = False) -> None:
+    """Train a policy with GSPO or GRPO as the recipe says; writes a run directory."""
+    with _user_errors():
+        loaded = _load(recipe, set_)
+        _quiet_hub()
+        from gspo_cli import train as trainer
+        from gspo_cli.checkpoint import new_run_dir
+
+        run_dir = new_run_dir(out, loaded.name)
+        console.print(
+            f"run [bold]{run_dir}[/]: {loaded.algo.mode}, model {loaded.model.name}, "
+            f"{loaded.train.steps} steps × {loaded.completions_per_step} completions",
+            highlight=False,
+        )
+        view = _TrainView(loaded.train.steps, quiet)
+        announce: Callable[[str], None] = lambda text: view.progress.console.print(
+            f"[cyan]{text}[/]", highlight=False
+        )
+        with view.progress:
+            summary = trainer.run(loaded, run_dir, on_row=view.on_row, announce=announce)
+        table = Table(title="run finished", show_header=False)
+        table.add_row("run directory", str(summary.run_dir))
+        table.add_row(
+            "eval accuracy",
+            f"{summary.first_eval_accuracy:.3f} → {summary.last_eval_accuracy:.3f}",
+        )
+        table.add_row("wall time", f"{summary.seconds:.0f} s")
+        table.add_row("final model", str(summary.run_dir / "final"))
+        console.print(table)
+
+
+def _not_yet(command: str, issue: str) -> None:
+    err_console.print(
+        f"[bold red]error:[/] `gspo {command}` is not yet available in this version ({issue}); "
+        "`gspo train` is.",
+        highlight=False,
+    )
+    raise typer.Exit(1)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def prepare() -> None:
+    """(Not yet available) Turn a recipe's dataset into prompts."""
+    _not_yet("prepare", "real datasets arrive with the prepare/eval work")
+
+
+@app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def eval_() -> None:
+    """(Not yet available) Evaluate a checkpoint with pass@k."""
+    _not_yet("eval", "pass@k evaluation arrives with the prepare/eval work")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def compare() -> None:
+    """(Not yet available) Run and plot GSPO vs GRPO ablations."""
+    _not_yet("compare", "ablations arrive with the compare work")

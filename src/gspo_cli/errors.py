@@ -1,0 +1,44 @@
+"""Errors a user can act on. Each message says what is wrong, why, and what to do.
+
+Only `cli.py` turns these into exit codes: `UserError` (bad recipe, bad path, bad
+option) exits 2; any other `GspoError` (a runtime failure) exits 1.
+"""
+
+from __future__ import annotations
+
+
+class GspoError(Exception):
+    """A failure with a message meant for the user (exit code 1)."""
+
+    exit_code = 1
+
+
+class UserError(GspoError):
+    """The user's input is wrong: recipe, option or path (exit code 2)."""
+
+    exit_code = 2
+
+
+class RecipeError(UserError):
+    """A recipe failed validation; `problems` holds every problem found, one line each."""
+
+    def __init__(self, problems: list[str], source: str = "recipe") -> None:
+        self.problems = problems
+        self.source = source
+        if len(problems) == 1:
+            super().__init__(f"{source}: {problems[0]}")
+        else:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            super().__init__(f"{source} has {len(problems)} problems:\n{lines}")
+
+
+class ModelError(UserError):
+    """A model or tokenizer cannot be loaded."""
+
+
+class DataError(UserError):
+    """A dataset cannot be loaded or is not usable."""
+
+
+class RewardError(GspoError):
+    """A reward function failed or returned something that is not a finite number."""

@@ -1,0 +1,289 @@
+"""GSPO and GRPO policy losses as pure tensor functions (arXiv 2507.18071).
+
+Shapes: N responses (prompts x group size G), T completion positions. ``mask`` is 1.0 on
+completion tokens (up to and including EOS) and 0.0 on padding; ``L_i = sum_t m_it``.
+
+- Group advantage (one per response):  A_i = (r_i - mean_group r) / (std r + eps).
+- GRPO (token level, Eq. 2-3):  w_it = exp(logp_it - old_it),
+  loss = mean_i [ (1/L_i) sum_t m_it * -min(w_it A_i, clip(w_it, 1-eps_low, 1+eps_high) A_i) ].
+- GSPO (sequence level, Eq. 5-7):  log s_i = (1/L_i) sum_t m_it (logp_it - old_it),
+  loss = mean_i [ -min(s_i A_i, clip(s_i, 1-eps_low, 1+eps_high) A_i) ].
+- GSPO-token (Eq. 13-14):  log s_it = sg[log s_i] + logp_it - sg[logp_it], then GRPO's
+  token-level objective and aggregation with s_it in place of w_it. Its value and gradient
+  equal GSPO's; it exists for per-token advantages.
+- KL (optional, k3):  exp(ref - logp) - (ref - logp) - 1 per token, token mean per response,
+  then mean over responses.
+
+Every log-ratio is clamped to +-``max_log_ratio`` before ``exp`` (an unclamped exp gives inf
+and then NaN in every parameter). ``old_logprobs``, reference log-probs and advantages are
+constants: gradient reaches ``logprobs`` only. Log-probs narrower than float32 (bf16, fp16)
+are upcast, since GSPO's clip range (about 3e-4) is below bf16's resolution near 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+Mode = Literal["gspo", "grpo", "gspo_token"]
+AdvantageScale = Literal["group", "batch", "none"]
+
+_MODES: tuple[str, ...] = get_args(Mode)
+_SCALES: tuple[str, ...] = get_args(AdvantageScale)
+
+
+@dataclass(frozen=True)
+class LossStats:
+    """Detached statistics of one policy-loss call, as Python floats.
+
+    Clip fractions and ratio statistics are per response for GSPO and GSPO-token (over
+    responses with at least one completion token) and per completion token for GRPO.
+    Ratios are the clamped ones the loss actually used.
+    """
+
+    clip_frac: float  # clip_frac_low + clip_frac_high
+    clip_frac_low: float  # ratio < 1 - clip_low with advantage < 0
+    clip_frac_high: float  # ratio > 1 + clip_high with advantage > 0
+    ratio_mean: float  # GSPO: mean of s_i over responses; GRPO: masked mean of w_it
+    ratio_min: float  # 1.0 when there is nothing to take the minimum of
+    ratio_max: float  # 1.0 when there is nothing to take the maximum of
+
+
+def masked_mean(values: Tensor, mask: Tensor, dim: int) -> Tensor:
+    """Mean of ``values`` over ``dim`` counting only positions where ``mask`` is non-zero.
+
+    Computes ``sum(values * mask) / clamp(sum(mask), min=1)``, so a row whose mask is all
+    zero gives 0 rather than NaN.
+    """
+    total = (values * mask).sum(dim=dim)  # [N] for [N, T] inputs and dim=1
+    count = mask.sum(dim=dim).clamp(min=1)  # [N]
+    return total / count
+
+
+def group_advantages(
+    rewards: Tensor,
+    group_size: int,
+    *,
+    scale: AdvantageScale = "group",
+    eps: float = 1e-6,
+) -> tuple[Tensor, float]:
+    """Group-relative advantages ``A_i = (r_i - mean_group) / (std + eps)``.
+
+    ``rewards`` is ``[N]`` laid out group by group: the ``group_size`` responses of prompt p
+    are rows ``p*G .. p*G+G-1``. The denominator is the group's std for ``scale="group"``, the
+    whole batch's std for ``"batch"``, and 1 for ``"none"`` (no division, ``eps`` not added).
+    The std is torch's default unbiased estimate (Bessel's correction, ``correction=1``), as
+    in TRL, verl and the paper's reference code.
+
+    A group whose rewards are all equal teaches nothing: it gets advantage exactly 0 for
+    every scale (no floating-point residue from the mean) and counts toward
+    ``zero_std_frac = (#groups with zero std) / (#groups)``.
+
+    Returns ``(advantages [N], zero_std_frac)``; advantages carry no gradient. Raises
+    ``ValueError`` if ``rewards`` is not 1-D and non-empty, if ``group_size < 2``, if ``N`` is
+    not a multiple of ``group_size``, or if ``scale`` is unknown.
+    """
+    if group_size < 2:
+        raise ValueError(
+            f"group_size must be at least 2 to compare responses within a group, got {group_size}"
+        )
+    if rewards.dim() != 1 or rewards.numel() == 0:
+        raise ValueError(
+            f"rewards must be a non-empty 1-D tensor [N], got shape {tuple(rewards.shape)}"
+        )
+    if rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"number of rewards ({rewards.numel()}) is not a multiple of group_size "
+            f"({group_size}); rewards must hold group_size responses for every prompt"
+        )
+    if scale not in _SCALES:
+        raise ValueError(f"unknown advantage scale {scale!r}; expected one of {_SCALES}")
+
+    r = rewards.detach()
+    if not r.is_floating_point():
+        r = r.to(torch.get_default_dtype())
+    grouped = r.reshape(-1, group_size)  # [P, G]
+    constant = grouped.amax(dim=1) == grouped.amin(dim=1)  # [P]
+    centred = grouped - grouped.mean(dim=1, keepdim=True)  # [P, G]
+    if scale == "group":
+        advantages = centred / (grouped.std(dim=1, keepdim=True) + eps)  # [P, G]
+    elif scale == "batch":
+        advantages = centred / (r.std() + eps)  # [P, G]
+    else:
+        advantages = centred  # [P, G]
+    advantages = torch.where(constant.unsqueeze(1), torch.zeros_like(advantages), advantages)
+    zero_std_frac = float(constant.to(r.dtype).mean().item())
+    return advantages.reshape(-1), zero_std_frac  # [N]
+
+
+def sequence_log_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """Length-normalised sequence log-ratio of GSPO (Eq. 7): ``[N, T] -> [N]``.
+
+    ``log s_i = sum_t m_it (logp_it - old_it) / sum_t m_it``, the log of the geometric mean
+    of the token ratios. ``old_logprobs`` is detached; padding positions are zeroed before
+    the sum, so any value there (even inf) is ignored. An all-padding row gives 0.
+    """
+    _check_token_shapes(logprobs, old_logprobs, mask)
+    log_ratio = _masked_log_ratio(logprobs, old_logprobs, mask)  # [N, T]
+    return masked_mean(log_ratio, mask, dim=1)  # [N]
+
+
+def policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    mode: Mode,
+    clip_low: float,
+    clip_high: float,
+    max_log_ratio: float = 10.0,
+) -> tuple[Tensor, LossStats]:
+    """Clipped policy loss to minimise, for GSPO, GRPO or GSPO-token, plus detached stats.
+
+    ``logprobs``, ``old_logprobs`` and ``mask`` are ``[N, T]`` float tensors; ``advantages``
+    is ``[N]``. Every mode averages over responses with equal weight, so a response's length
+    never weights its share of the loss. An all-padding response contributes 0 to the loss
+    and is left out of the GSPO stats. Raises ``ValueError`` on mismatched shapes, an
+    unknown mode, or a negative clip / non-positive ``max_log_ratio``.
+    """
+    _check_token_shapes(logprobs, old_logprobs, mask)
+    if advantages.shape != logprobs.shape[:1]:
+        raise ValueError(
+            f"advantages must have shape [N] = {tuple(logprobs.shape[:1])}, "
+            f"got {tuple(advantages.shape)}"
+        )
+    if mode not in _MODES:
+        raise ValueError(f"unknown loss mode {mode!r}; expected one of {_MODES}")
+    if clip_low < 0 or clip_high < 0 or max_log_ratio <= 0:
+        raise ValueError(
+            "clip_low and clip_high must be >= 0 and max_log_ratio > 0, got "
+            f"clip_low={clip_low}, clip_high={clip_high}, max_log_ratio={max_log_ratio}"
+        )
+    dtype = torch.promote_types(logprobs.dtype, torch.float32)
+    logprobs = logprobs.to(dtype)  # [N, T]
+    old_logprobs = old_logprobs.detach().to(dtype)  # [N, T]
+    mask = mask.to(dtype)  # [N, T]
+    adv = advantages.detach().to(dtype)  # [N]
+    if mode == "grpo":
+        return _grpo_loss(logprobs, old_logprobs, adv, mask, clip_low, clip_high, max_log_ratio)
+    return _gspo_loss(
+        logprobs, old_logprobs, adv, mask, clip_low, clip_high, max_log_ratio, mode == "gspo_token"
+    )
+
+
+def kl_k3(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """k3 estimate of KL(pi_theta || pi_ref) to a frozen reference, as a scalar.
+
+    Per token ``exp(ref - logp) - (ref - logp) - 1`` (non-negative, 0 when equal), masked mean
+    over each response's tokens, then mean over responses. ``ref_logprobs`` is detached, so
+    gradient flows through ``logprobs`` only; padding positions are ignored.
+    """
+    _check_token_shapes(logprobs, ref_logprobs, mask)
+    diff = -_masked_log_ratio(logprobs, ref_logprobs, mask)  # [N, T], ref - logp
+    per_token = torch.exp(diff) - diff - 1  # [N, T]
+    return masked_mean(per_token, mask, dim=1).mean()  # []
+
+
+# --- private helpers ---------------------------------------------------------------------
+
+
+def _check_token_shapes(logprobs: Tensor, other: Tensor, mask: Tensor) -> None:
+    """Raise ``ValueError`` unless the three tensors are ``[N, T]`` with the same shape."""
+    if logprobs.dim() != 2 or other.shape != logprobs.shape or mask.shape != logprobs.shape:
+        raise ValueError(
+            "log-prob tensors and mask must all be [N, T] with the same shape, got "
+            f"{tuple(logprobs.shape)}, {tuple(other.shape)} and mask {tuple(mask.shape)}"
+        )
+
+
+def _masked_log_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """``logprobs - sg[old_logprobs]`` on completion tokens, exactly 0 on padding: ``[N, T]``.
+
+    ``torch.where`` (not a product with the mask) keeps inf/NaN padding values out of both
+    the value and the gradient.
+    """
+    diff = logprobs - old_logprobs.detach()  # [N, T]
+    return torch.where(mask > 0, diff, torch.zeros_like(diff))  # [N, T]
+
+
+def _clipped_objective(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float) -> Tensor:
+    """PPO-style pessimistic term ``-min(r A, clip(r, 1-lo, 1+hi) A)``, elementwise."""
+    unclipped = ratio * adv  # [N] or [N, T]
+    clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * adv  # [N] or [N, T]
+    return -torch.minimum(unclipped, clipped)  # [N] or [N, T]
+
+
+@torch.no_grad()
+def _stats(
+    ratio: Tensor, adv: Tensor, weight: Tensor, clip_low: float, clip_high: float
+) -> LossStats:
+    """Clip fractions and ratio summary over the entries where ``weight`` is non-zero."""
+    ratio, adv, weight = ratio.detach(), adv.detach(), weight.detach()
+    count = weight.sum().clamp(min=1)  # []
+    low = ((ratio < 1 - clip_low) & (adv < 0)).to(weight.dtype)  # same shape as ratio
+    high = ((ratio > 1 + clip_high) & (adv > 0)).to(weight.dtype)  # same shape as ratio
+    frac_low = float(((low * weight).sum() / count).item())
+    frac_high = float(((high * weight).sum() / count).item())
+    kept = ratio[weight > 0]  # [K]
+    has_any = kept.numel() > 0
+    return LossStats(
+        clip_frac=frac_low + frac_high,
+        clip_frac_low=frac_low,
+        clip_frac_high=frac_high,
+        ratio_mean=float(((ratio * weight).sum() / count).item()),
+        ratio_min=float(kept.min().item()) if has_any else 1.0,
+        ratio_max=float(kept.max().item()) if has_any else 1.0,
+    )
+
+
+def _grpo_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    adv: Tensor,
+    mask: Tensor,
+    clip_low: float,
+    clip_high: float,
+    max_log_ratio: float,
+) -> tuple[Tensor, LossStats]:
+    """GRPO: token-level ratio, token mean within each response, mean over responses."""
+    log_w = _masked_log_ratio(logprobs, old_logprobs, mask)  # [N, T]
+    w = torch.exp(log_w.clamp(-max_log_ratio, max_log_ratio))  # [N, T]
+    adv_t = adv.unsqueeze(1).expand_as(w)  # [N, T]
+    per_token = _clipped_objective(w, adv_t, clip_low, clip_high)  # [N, T]
+    loss = masked_mean(per_token, mask, dim=1).mean()  # []
+    return loss, _stats(w, adv_t, mask, clip_low, clip_high)
+
+
+def _gspo_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    adv: Tensor,
+    mask: Tensor,
+    clip_low: float,
+    clip_high: float,
+    max_log_ratio: float,
+    token_level: bool,
+) -> tuple[Tensor, LossStats]:
+    """GSPO (one ratio per response) or GSPO-token (same value and gradient, per token)."""
+    log_s = sequence_log_ratio(logprobs, old_logprobs, mask)  # [N]
+    log_s_clamped = log_s.clamp(-max_log_ratio, max_log_ratio)  # [N]
+    s = torch.exp(log_s_clamped)  # [N]
+    has_tokens = (mask.sum(dim=1) > 0).to(s.dtype)  # [N]
+    if token_level:
+        # log s_it = sg[log s_i] + logp_it - sg[logp_it]. The in-range indicator reproduces the
+        # zero gradient that GSPO's clamp gives when |log s_i| > max_log_ratio.
+        in_range = (log_s.abs() <= max_log_ratio).to(s.dtype).unsqueeze(1)  # [N, 1]
+        token_part = _masked_log_ratio(logprobs, logprobs, mask) * in_range  # [N, T], value 0
+        s_t = torch.exp(log_s_clamped.detach().unsqueeze(1) + token_part)  # [N, T]
+        adv_t = adv.unsqueeze(1).expand_as(s_t)  # [N, T]
+        per_token = _clipped_objective(s_t, adv_t, clip_low, clip_high)  # [N, T]
+        loss = masked_mean(per_token, mask, dim=1).mean()  # []
+    else:
+        # One term per response, never broadcast over tokens: that would length-weight it.
+        per_response = _clipped_objective(s, adv, clip_low, clip_high) * has_tokens  # [N]
+        loss = per_response.mean()  # []
+    return loss, _stats(s, adv, has_tokens, clip_low, clip_high)

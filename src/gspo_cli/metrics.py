@@ -1,0 +1,63 @@
+"""`metrics.jsonl`: one JSON object per line, written in one place and read back.
+
+Training rows carry `step` and the per-step figures; evaluation rows carry `step` and
+`eval_accuracy`. Each row is flushed whole, so the file never ends in a partial line
+written by us. The README documents every key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+Row = dict[str, Any]
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: non-finite floats become null rather than invalid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsWriter:
+    """Appends rows to a JSONL file, one `write` per line, flushed at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = path.open("a", encoding="utf-8")
+
+    def write(self, row: Row) -> None:
+        line = json.dumps({k: _clean(v) for k, v in row.items()}, allow_nan=False)
+        self._file.write(line + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def read_metrics(path: Path) -> list[Row]:
+    """Every complete row of a metrics file (a torn last line is skipped)."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows

@@ -1,0 +1,183 @@
+"""The policy model: loading, batched generation and per-token log-probabilities.
+
+Everything that touches transformers' model API lives here, so a rename in a new
+transformers release changes one file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gspo_cli.errors import ModelError
+from gspo_cli.tiny import TINY_MODEL_NAME, ensure_tiny_model
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A batch of sampled completions, left-padded prompts followed by completions."""
+
+    input_ids: torch.Tensor  # [N, P+T] prompt (left-padded) + completion (right-padded)
+    attention_mask: torch.Tensor  # [N, P+T] 1 on real prompt and completion tokens
+    completion_mask: torch.Tensor  # [N, T] float, 1.0 up to and including the first EOS
+    truncated: torch.Tensor  # [N] bool, no EOS within max_new_tokens
+    texts: list[str]  # decoded completions, special tokens removed
+
+    @property
+    def completion_ids(self) -> torch.Tensor:
+        return self.input_ids[:, -self.completion_mask.shape[1] :]  # [N, T]
+
+
+def pick_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on CUDA with bf16 support and float32 otherwise."""
+    if requested == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        requested
+    ]
+
+
+def resolve_model_path(name: str, announce: Callable[[str], None]) -> str:
+    """The embedded default's cached directory, or the name as given (hub id or local path)."""
+    if name == TINY_MODEL_NAME:
+        return str(ensure_tiny_model(announce))
+    looks_local = name.startswith((".", "/", "~")) or Path(name).exists()
+    if looks_local and not Path(name).expanduser().is_dir():
+        raise ModelError(
+            f"model.name {name!r} looks like a local path but no such directory exists; "
+            "point it at a Hugging Face model directory (with config.json) or use a hub id"
+        )
+    return str(Path(name).expanduser()) if looks_local else name
+
+
+def load_policy(
+    name: str, dtype: str, device: torch.device, announce: Callable[[str], None]
+) -> tuple[Any, Any]:
+    """Load (model, tokenizer) by hub id or local path; the tokenizer pads on the left."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name, announce)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, device))
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot load model {name!r}: {first}. If the hub is unreachable (offline), "
+            "download it elsewhere and set model.name to its local directory"
+        ) from exc
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:  # many causal LMs ship without one; EOS is safe with masks
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise ModelError(f"tokenizer of {name!r} has no EOS token; completions could never stop")
+    return model.to(device), tokenizer
+
+
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token id that ends a completion (the tokenizer's EOS and the model's)."""
+    ids = {int(tokenizer.eos_token_id)}
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    return sorted(ids)
+
+
+def completion_mask(completion_ids: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
+    """1.0 on each completion's tokens up to and including its first stop token."""
+    is_stop = torch.isin(completion_ids, torch.tensor(stop_ids, device=completion_ids.device))
+    # Stops strictly before position t: a token is real if none came earlier.
+    stops_before = torch.cumsum(is_stop.int(), dim=1) - is_stop.int()  # [N, T]
+    return (stops_before == 0).float()  # [N, T]
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+) -> Generation:
+    """Sample (or greedily decode) one completion per prompt with a KV cache.
+
+    Repeat a prompt G times in `prompts` to get a group. The sampling distribution is the
+    model's softmax at `temperature` (top-k off; top-p when < 1), which is what
+    `completion_logprobs` scores.
+    """
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    stop_ids = eos_ids(model, tokenizer)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        temperature=None if greedy else temperature,
+        top_p=None if greedy else top_p,
+        top_k=None,
+        eos_token_id=stop_ids,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    was_training = model.training
+    model.eval()
+    out = model.generate(
+        input_ids=enc["input_ids"].to(device),
+        attention_mask=enc["attention_mask"].to(device),
+        generation_config=config,
+    )  # [N, P+T'] with T' <= max_new_tokens
+    model.train(was_training)
+    prompt_len = enc["input_ids"].shape[1]
+    completion_ids = out[:, prompt_len:]  # [N, T']
+    mask = completion_mask(completion_ids, stop_ids)  # [N, T']
+    ended = torch.isin(completion_ids, torch.tensor(stop_ids, device=device)).any(dim=1)  # [N]
+    attention = torch.cat([enc["attention_mask"].to(device), mask.long()], dim=1)  # [N, P+T']
+    texts = tokenizer.batch_decode(completion_ids * mask.long() + tokenizer.pad_token_id * (1 - mask.long()), skip_special_tokens=True)
+    return Generation(
+        input_ids=out,
+        attention_mask=attention,
+        completion_mask=mask,
+        truncated=~ended,
+        texts=texts,
+    )
+
+
+def completion_logprobs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_len: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """log π(y_t | x, y_<t) of each completion token, at the sampling temperature -> [N, T].
+
+    Only the last T+1 positions' logits are computed (`logits_to_keep`); positions come from
+    the attention mask so left padding does not shift them.
+    """
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [N, P+T]
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=completion_len + 1,
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1, :].float() / temperature  # [N, T, V]
+    targets = input_ids[:, -completion_len:]  # [N, T]
+    logprobs = torch.log_softmax(logits, dim=-1)  # [N, T, V]
+    return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N, T]
