@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from gspo_cli import __version__
@@ -147,9 +154,14 @@ class _TrainView:
 
 
 @app.command()
-def train(recipe: RecipeArg = None, set_: SetOpt = None, out: Annotated[
-    Path | None, typer.Option("--out", help="Run directory (default: runs/<name>-<time>).")
-] = None, quiet: QuietOpt = False) -> None:
+def train(
+    recipe: RecipeArg = None,
+    set_: SetOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default: runs/<name>-<time>).")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
     """Train a policy with GSPO or GRPO as the recipe says; writes a run directory."""
     with _user_errors():
         loaded = _load(recipe, set_)
@@ -164,9 +176,10 @@ def train(recipe: RecipeArg = None, set_: SetOpt = None, out: Annotated[
             highlight=False,
         )
         view = _TrainView(loaded.train.steps, quiet)
-        announce: Callable[[str], None] = lambda text: view.progress.console.print(
-            f"[cyan]{text}[/]", highlight=False
-        )
+
+        def announce(text: str) -> None:
+            view.progress.console.print(f"[cyan]{text}[/]", highlight=False)
+
         with view.progress:
             summary = trainer.run(loaded, run_dir, on_row=view.on_row, announce=announce)
         table = Table(title="run finished", show_header=False)
@@ -189,19 +202,22 @@ def _not_yet(command: str, issue: str) -> None:
     raise typer.Exit(1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+_ANY_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command(context_settings=_ANY_ARGS)
 def prepare() -> None:
     """(Not yet available) Turn a recipe's dataset into prompts."""
     _not_yet("prepare", "real datasets arrive with the prepare/eval work")
 
 
-@app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(name="eval", context_settings=_ANY_ARGS)
 def eval_() -> None:
     """(Not yet available) Evaluate a checkpoint with pass@k."""
     _not_yet("eval", "pass@k evaluation arrives with the prepare/eval work")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings=_ANY_ARGS)
 def compare() -> None:
     """(Not yet available) Run and plot GSPO vs GRPO ablations."""
     _not_yet("compare", "ablations arrive with the compare work")

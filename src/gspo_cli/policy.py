@@ -147,7 +147,9 @@ def generate(
     mask = completion_mask(completion_ids, stop_ids)  # [N, T']
     ended = torch.isin(completion_ids, torch.tensor(stop_ids, device=device)).any(dim=1)  # [N]
     attention = torch.cat([enc["attention_mask"].to(device), mask.long()], dim=1)  # [N, P+T']
-    texts = tokenizer.batch_decode(completion_ids * mask.long() + tokenizer.pad_token_id * (1 - mask.long()), skip_special_tokens=True)
+    # Decode only each completion's own tokens: anything after its stop token becomes padding.
+    kept = torch.where(mask.bool(), completion_ids, tokenizer.pad_token_id)  # [N, T']
+    texts = tokenizer.batch_decode(kept, skip_special_tokens=True)
     return Generation(
         input_ids=out,
         attention_mask=attention,

@@ -100,16 +100,16 @@ class AlgoSection(_Section):
         if not isinstance(data, dict):
             return data
         mode = data.get("mode", "gspo")
-        low, high = DEFAULT_CLIP.get(mode, DEFAULT_CLIP["gspo"]) if isinstance(mode, str) else (
-            DEFAULT_CLIP["gspo"]
+        low, high = (
+            DEFAULT_CLIP.get(mode, DEFAULT_CLIP["gspo"])
+            if isinstance(mode, str)
+            else (DEFAULT_CLIP["gspo"])
         )
         return {"clip_low": low, "clip_high": high, **data}
 
 
 class OptimSection(_Section):
-    lr: float = Field(
-        3e-5, ge=0, description="AdamW learning rate (after warm-up; constant)"
-    )
+    lr: float = Field(3e-5, ge=0, description="AdamW learning rate (after warm-up; constant)")
     warmup_steps: int = Field(0, ge=0, description="optimiser steps of linear warm-up from 0")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 turns clipping off")
@@ -118,8 +118,9 @@ class OptimSection(_Section):
 class TrainSection(_Section):
     steps: int = Field(1200, ge=1, description="rollout steps (each: sample, score, update)")
     eval_every: int = Field(
-        100, ge=0, description="rollout steps between evaluations (also at start and end; 0: only "
-        "those)"
+        100,
+        ge=0,
+        description="rollout steps between evaluations (also at start and end; 0: only those)",
     )
     save_every: int = Field(
         0, ge=0, description="rollout steps between checkpoints (the final model is always saved)"
@@ -270,12 +271,13 @@ def read_yaml(path: Path) -> dict[str, Any]:
         at = f" at line {where.line + 1}" if where is not None else ""
         raise RecipeError([f"not valid YAML{at}: {exc}".splitlines()[0]], str(path)) from None
     if data is None:
-        raise RecipeError(["the file is empty; write a YAML mapping such as `algo: {mode: gspo}`"], str(path))
-    if not isinstance(data, dict):
         raise RecipeError(
-            [f"expected a YAML mapping of sections (model, rollout, algo, ...), got a {type(data).__name__}"],
-            str(path),
+            ["the file is empty; write a YAML mapping such as `algo: {mode: gspo}`"], str(path)
         )
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        problem = f"expected a YAML mapping of sections (model, rollout, algo, ...), got a {kind}"
+        raise RecipeError([problem], str(path))
     return data
 
 

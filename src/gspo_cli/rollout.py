@@ -8,7 +8,7 @@ update needs (sequences, masks, advantages, π_old and reference log-probs); the
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,8 +42,10 @@ class RolloutStats:
     score_s: float
     old_logprob_s: float
 
-    def row(self) -> dict[str, float | int]:
-        return asdict(self)
+    @property
+    def seconds(self) -> float:
+        """Sampling, scoring and π_old log-probs together."""
+        return self.sample_s + self.score_s + self.old_logprob_s
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from gspo_cli.checkpoint import (
     save_model_dir,
     write_text_atomic,
 )
-from gspo_cli.data import Example, load_examples
+from gspo_cli.data import load_examples
 from gspo_cli.evaluate import greedy_accuracy
 from gspo_cli.losses import kl_k3, policy_loss
 from gspo_cli.metrics import MetricsWriter, Row
@@ -63,6 +63,11 @@ class TrainSummary:
 
 
 Listener = Callable[[Row], None]
+
+
+def _due(step: int, every: int) -> bool:
+    """True every `every` steps; never when `every` is 0."""
+    return every > 0 and step % every == 0
 
 
 def seed_everything(seed: int) -> None:
@@ -112,14 +117,19 @@ def update(
             if batch.ref_logprobs is not None:
                 kl = kl_k3(logprobs, batch.ref_logprobs[idx], mask)
                 loss = loss + algo.kl_beta * kl
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             max_norm = recipe.optim.grad_clip if recipe.optim.grad_clip > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             per_step.append(
-                {"loss": loss.item(), "kl": kl.item(), "grad_norm": grad_norm.item(), **asdict(stats)}
+                {
+                    "loss": loss.item(),
+                    "kl": kl.item(),
+                    "grad_norm": grad_norm.item(),
+                    **asdict(stats),
+                }
             )
 
     def mean(key: str) -> float:
@@ -179,8 +189,15 @@ def run(
             accuracy = greedy_accuracy(
                 model, tokenizer, test_set, reward_fn, max_new_tokens=recipe.rollout.max_new_tokens
             )
-            log({"step": step, "eval_accuracy": accuracy, "eval_n": len(test_set),
-                 "eval_s": time.perf_counter() - t0})
+            seconds = time.perf_counter() - t0
+            log(
+                {
+                    "step": step,
+                    "eval_accuracy": accuracy,
+                    "eval_n": len(test_set),
+                    "eval_s": seconds,
+                }
+            )
             return accuracy
 
         first_accuracy = last_accuracy = evaluate(0)
@@ -188,24 +205,27 @@ def run(
         # --- the loop ----------------------------------------------------------------------
         for step in range(1, recipe.train.steps + 1):
             step_start = time.perf_counter()
-            examples: list[Example] = [train_set[next(prompts)] for _ in range(recipe.rollout.prompts_per_step)]
+            examples = [train_set[next(prompts)] for _ in range(recipe.rollout.prompts_per_step)]
             batch, rollout_stats = collect(model, ref_model, tokenizer, examples, reward_fn, recipe)
             update_stats = update(model, optimizer, scheduler, batch, recipe)
             step_s = time.perf_counter() - step_start
-            log({
-                "step": step,
-                **rollout_stats.row(),
-                **asdict(update_stats),
-                "lr": optimizer.param_groups[0]["lr"],
-                "rollout_s": rollout_stats.sample_s + rollout_stats.score_s + rollout_stats.old_logprob_s,
-                "step_s": step_s,
-                "tokens_per_s": rollout_stats.completion_tokens / step_s,
-            })
-            if recipe.train.eval_every and step % recipe.train.eval_every == 0 or step == recipe.train.steps:
+            log(
+                {
+                    "step": step,
+                    **asdict(rollout_stats),
+                    **asdict(update_stats),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "rollout_s": rollout_stats.seconds,
+                    "step_s": step_s,
+                    "tokens_per_s": rollout_stats.completion_tokens / step_s,
+                }
+            )
+            if _due(step, recipe.train.eval_every) or step == recipe.train.steps:
                 last_accuracy = evaluate(step)
-            if recipe.train.save_every and step % recipe.train.save_every == 0:
+            if _due(step, recipe.train.save_every):
                 save_model_dir(model, tokenizer, checkpoint_dir(run_dir, step))
 
     save_model_dir(model, tokenizer, run_dir / FINAL_DIR)
-    return TrainSummary(run_dir, recipe.train.steps, first_accuracy, last_accuracy,
-                        time.perf_counter() - started)
+    return TrainSummary(
+        run_dir, recipe.train.steps, first_accuracy, last_accuracy, time.perf_counter() - started
+    )
