@@ -87,8 +87,14 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
 
 
-def _quiet_hub() -> None:
-    """No network by default-less surprises: silence transformers' progress bars and chatter."""
+def _prepare_runtime() -> None:
+    """Settings that must precede the first torch import, then quiet transformers' chatter.
+
+    OpenMP's default busy-wait makes a CPU run many times slower whenever another process
+    shares the cores; passive waiting costs nothing measurable when it does not. Both are
+    defaults only: a value already in the environment wins.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
 
@@ -114,6 +120,7 @@ class _TrainView:
         self.rewards: deque[float] = deque(maxlen=20)
         self.first_acc: float | None = None
         self.acc: float | None = None
+        self.last: dict[str, Any] = {}
         self.log_every = max(1, steps // 20)
         self.progress = Progress(
             TextColumn("[bold]train"),
@@ -131,17 +138,25 @@ class _TrainView:
     def on_row(self, row: dict[str, Any]) -> None:
         if "eval_accuracy" in row:
             self._on_eval(row)
-            return
-        self.rewards.append(row["reward_mean"])
+        else:
+            self.rewards.append(row["reward_mean"])
+            self.last = row
+        text = self._metrics()
+        self.progress.update(self.task, completed=self.last.get("step", 0), metrics=text)
+        step = row["step"]
+        if self.quiet and "eval_accuracy" not in row and step % self.log_every == 0:
+            console.print(f"step {step}/{self.steps}  {text}", highlight=False)
+
+    def _metrics(self) -> str:
+        if not self.last:
+            return ""
         reward = sum(self.rewards) / len(self.rewards)
         acc = "-" if self.acc is None else f"{self.acc:.3f}"
-        metrics = (
+        row = self.last
+        return (
             f"reward {reward:.3f}  acc {acc}  clip {row['clip_frac']:.3f}  "
             f"zero_std {row['zero_std_frac']:.2f}  {row['tokens_per_s']:.0f} tok/s"
         )
-        self.progress.update(self.task, completed=row["step"], metrics=metrics)
-        if self.quiet and row["step"] % self.log_every == 0:
-            console.print(f"step {row['step']}/{self.steps}  {metrics}", highlight=False)
 
     def _on_eval(self, row: dict[str, Any]) -> None:
         self.acc = row["eval_accuracy"]
@@ -165,7 +180,7 @@ def train(
     """Train a policy with GSPO or GRPO as the recipe says; writes a run directory."""
     with _user_errors():
         loaded = _load(recipe, set_)
-        _quiet_hub()
+        _prepare_runtime()
         from gspo_cli import train as trainer
         from gspo_cli.checkpoint import new_run_dir
 
