@@ -22,7 +22,11 @@ def documented_keys(kind: str) -> set[str]:
     """Keys listed in the README's metrics table whose 'row' column is `kind` or `both`."""
     text = (REPO / "README.md").read_text()
     section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
-    return {m[0] for m in re.findall(r"^\| `(\w+)` \| (\w+) \|", section, re.M) if m[1] in (kind, "both")}
+    return {
+        m[0]
+        for m in re.findall(r"^\| `(\w+)` \| (\w+) \|", section, re.M)
+        if m[1] in (kind, "both")
+    }
 
 
 @pytest.fixture(scope="module")

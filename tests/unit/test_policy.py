@@ -365,7 +365,7 @@ def test_unknown_hub_id_offline_is_a_model_error() -> None:
     assert "offline" in message and "local directory" in message, message
 
 
-def test_tokenizer_without_pad_pads_with_eos(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_tokenizer_without_pad_pads_with_eos(tmp_path: Path) -> None:
     """A tokenizer saved without a pad token loads with pad == EOS."""
     tokenizer = build_tokenizer()
     tokenizer.pad_token = None
