@@ -31,4 +31,19 @@ def _isolated_cache(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Never read or write the user's ~/.cache/gspo from tests."""
-    monkeypatch.setenv("GSPO_CACHE", str(tmp_path_factory.getbasetemp() / "gspo-cache"))
+    monkeypatch.setenv("GSPO_CACHE", str(session_cache(tmp_path_factory)))
+
+
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test session's GSPO_CACHE: shared by every test, never the user's."""
+    return tmp_path_factory.getbasetemp() / "gspo-cache"
+
+
+@pytest.fixture(scope="session")
+def warm_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded default, built and warm-started once (about 35 s) into the session cache."""
+    from gspo_cli.tiny import ensure_tiny_model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GSPO_CACHE", str(session_cache(tmp_path_factory)))
+        return ensure_tiny_model(lambda _: None)

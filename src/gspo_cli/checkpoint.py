@@ -1,11 +1,13 @@
-"""The run directory: its layout and atomic writes of text files and model directories.
+"""The run directory: its layout, checkpoints, and atomic writes.
 
 ```
 runs/<name>-<YYYYmmdd-HHMMSS>/
-  recipe.yaml          the resolved recipe (every default spelled out)
-  metrics.jsonl        one row per training step and per evaluation
-  checkpoints/step_000400/   Hugging Face model directory (safetensors + tokenizer)
-  final/               the last policy, same format
+  recipe.yaml                  the resolved recipe (every default spelled out)
+  metrics.jsonl                one row per training step and per evaluation
+  checkpoints/step_000400/     Hugging Face model directory (safetensors + tokenizer)
+    trainer_state.pt           optimiser, scheduler, RNG states, data position
+    manifest.json              written last: a checkpoint without it is incomplete
+  final/                       the last policy, Hugging Face format
 ```
 Every file and directory is written under a temporary name and renamed when complete,
 so a crash never leaves a half-written one under its real name.
@@ -13,19 +15,26 @@ so a crash never leaves a half-written one under its real name.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gspo_cli.errors import UserError
+import torch
+
+from gspo_cli.errors import CheckpointError, UserError
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"
 CHECKPOINTS_DIR = "checkpoints"
+STATE_FILE = "trainer_state.pt"
+MANIFEST_FILE = "manifest.json"
 
 
 def _umask() -> int:
@@ -47,6 +56,26 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+@contextmanager
+def _staged_dir(target: Path) -> Iterator[Path]:
+    """Yield a hidden staging directory beside `target`; on success it replaces `target`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give what mkdir() would
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            staging.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def new_run_dir(out: Path | None, name: str, root: Path = Path("runs")) -> Path:
     """Create the run directory: `out` if given (it must not hold a run), else a fresh
     `root/<name>-<time>`. Fails with a UserError if it cannot be created or written."""
@@ -59,7 +88,8 @@ def new_run_dir(out: Path | None, name: str, root: Path = Path("runs")) -> Path:
             out = root / f"{name}-{stamp}-{suffix}"
     if (out / METRICS_FILE).exists():
         raise UserError(
-            f"{out} already holds a run (it has {METRICS_FILE}); choose a new --out directory"
+            f"{out} already holds a run (it has {METRICS_FILE}); choose a new --out directory, "
+            f"or continue it with --resume {out}"
         )
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -75,23 +105,90 @@ def new_run_dir(out: Path | None, name: str, root: Path = Path("runs")) -> Path:
 
 def save_model_dir(model: Any, tokenizer: Any, target: Path) -> None:
     """Save a Hugging Face model directory (safetensors + tokenizer) atomically at `target`."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with _staged_dir(target) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give what mkdir() would
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINTS_DIR / f"step_{step:06d}"
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, model: Any, tokenizer: Any, state: dict[str, Any], keep_last: int
+) -> Path:
+    """Write a complete checkpoint (model, tokenizer, trainer state, manifest) atomically,
+    then delete all but the newest `keep_last` complete checkpoints."""
+    target = checkpoint_dir(run_dir, step)
+    with _staged_dir(target) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        torch.save(state, staging / STATE_FILE)
+        manifest = {
+            "step": step,
+            "files": sorted(p.name for p in staging.iterdir()),
+            "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+        }
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    for old in complete_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _is_complete(path: Path) -> bool:
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(manifest, dict) and all((path / f).exists() for f in manifest["files"])
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint directories, oldest first."""
+    root = run_dir / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step_*") if p.is_dir() and _is_complete(p)]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Path:
+    """The newest complete checkpoint of a run; incomplete ones are reported and skipped."""
+    if not (run_dir / RECIPE_FILE).is_file():
+        raise UserError(
+            f"{run_dir} is not a run directory (no {RECIPE_FILE}); give the directory that "
+            "`gspo train` created"
+        )
+    root = run_dir / CHECKPOINTS_DIR
+    candidates = sorted(root.iterdir()) if root.is_dir() else []
+    for path in candidates:
+        if path.is_dir() and not _is_complete(path):
+            warn(f"ignoring incomplete checkpoint {path} (interrupted while being written)")
+    complete = complete_checkpoints(run_dir)
+    if not complete:
+        raise CheckpointError(
+            f"{run_dir} has no complete checkpoint to resume from; start a new run, or set "
+            "train.save_every so that the next run writes checkpoints"
+        )
+    return complete[-1]
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    """The trainer state saved in a checkpoint."""
+    state: dict[str, Any] = torch.load(path / STATE_FILE, weights_only=False)
+    return state
+
+
+def link_final(checkpoint: Path, run_dir: Path) -> Path:
+    """`final/`: the last checkpoint's model files, hard-linked (copied across devices)."""
+    target = run_dir / FINAL_DIR
+    with _staged_dir(target) as staging:
+        for item in checkpoint.iterdir():
+            if item.name in (STATE_FILE, MANIFEST_FILE) or not item.is_file():
+                continue
+            try:
+                os.link(item, staging / item.name)
+            except OSError:
+                shutil.copy2(item, staging / item.name)
+    return target

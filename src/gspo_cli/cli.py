@@ -27,7 +27,7 @@ from rich.progress import (
 from rich.table import Table
 
 from gspo_cli import __version__
-from gspo_cli.errors import GspoError
+from gspo_cli.errors import GspoError, Interrupted, RecipeError, UserError
 
 if TYPE_CHECKING:
     from gspo_cli.recipe import Recipe
@@ -39,7 +39,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-console = Console()
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 RecipeArg = Annotated[
@@ -83,7 +83,12 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except GspoError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        label = (
+            "[bold yellow]interrupted:[/]"
+            if isinstance(exc, Interrupted)
+            else "[bold red]error:[/]"
+        )
+        err_console.print(f"{label} {exc}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -107,7 +112,7 @@ def _load(recipe: Path | None, overrides: list[str] | None) -> Recipe:
 
     loaded = load_recipe(recipe, overrides or [])
     for note in warnings_for(loaded):
-        err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
+        _warn(note)
     return loaded
 
 
@@ -175,28 +180,54 @@ def train(
     out: Annotated[
         Path | None, typer.Option("--out", help="Run directory (default: runs/<name>-<time>).")
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue this run directory from its newest complete checkpoint. Without "
+            "RECIPE, the run's own recipe.yaml is used.",
+            show_default=False,
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a policy with GSPO or GRPO as the recipe says; writes a run directory."""
     with _user_errors():
-        loaded = _load(recipe, set_)
+        if resume is not None and out is not None:
+            raise UserError("--out and --resume exclude each other: --resume writes into RUN_DIR")
+        loaded = _load(recipe, set_) if resume is None else _load_for_resume(resume, recipe, set_)
         _prepare_runtime()
         from gspo_cli import train as trainer
-        from gspo_cli.checkpoint import new_run_dir
+        from gspo_cli.checkpoint import latest_checkpoint, new_run_dir
 
-        run_dir = new_run_dir(out, loaded.name)
+        trainer.preflight(loaded)
+        view = _TrainView(loaded.train.steps, quiet)
+        if resume is None:
+            run_dir, checkpoint = new_run_dir(out, loaded.name), None
+        else:
+            run_dir, checkpoint = resume, latest_checkpoint(resume, _warn)
         console.print(
             f"run [bold]{run_dir}[/]: {loaded.algo.mode}, model {loaded.model.name}, "
             f"{loaded.train.steps} steps × {loaded.completions_per_step} completions",
             highlight=False,
         )
-        view = _TrainView(loaded.train.steps, quiet)
 
         def announce(text: str) -> None:
             view.progress.console.print(f"[cyan]{text}[/]", highlight=False)
 
-        with view.progress:
-            summary = trainer.run(loaded, run_dir, on_row=view.on_row, announce=announce)
+        try:
+            with view.progress:
+                summary = trainer.run(
+                    loaded, run_dir, view.on_row, announce=announce, resume_from=checkpoint
+                )
+        except KeyboardInterrupt:
+            raise GspoError(
+                f"aborted by a second interrupt; the last complete checkpoint is intact. "
+                f"Resume with: gspo train --resume {run_dir}"
+            ) from None
+        finally:
+            if resume is None and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # setup failed before anything was written
         table = Table(title="run finished", show_header=False)
         table.add_row("run directory", str(summary.run_dir))
         table.add_row(
@@ -206,6 +237,34 @@ def train(
         table.add_row("wall time", f"{summary.seconds:.0f} s")
         table.add_row("final model", str(summary.run_dir / "final"))
         console.print(table)
+
+
+def _warn(text: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {text}", highlight=False)
+
+
+def _load_for_resume(run_dir: Path, recipe: Path | None, overrides: list[str] | None) -> Recipe:
+    """The recipe to resume with, refused if it changes what the checkpoint depends on."""
+    from gspo_cli.checkpoint import RECIPE_FILE
+    from gspo_cli.recipe import load_recipe, resume_changes
+
+    saved_path = run_dir / RECIPE_FILE
+    if not saved_path.is_file():
+        raise UserError(
+            f"{run_dir} is not a run directory (no {RECIPE_FILE}); give the directory that "
+            "`gspo train` created"
+        )
+    saved = load_recipe(saved_path)
+    loaded = _load(recipe or saved_path, overrides)
+    breaking, harmless = resume_changes(saved, loaded)
+    if breaking:
+        raise RecipeError(
+            [f"{line} (cannot change when resuming; start a new run)" for line in breaking],
+            f"resuming {run_dir}",
+        )
+    for line in harmless:
+        _warn(f"resuming with a changed setting: {line}")
+    return loaded
 
 
 def _not_yet(command: str, issue: str) -> None:

@@ -42,3 +42,19 @@ class DataError(UserError):
 
 class RewardError(GspoError):
     """A reward function failed or returned something that is not a finite number."""
+
+
+class CheckpointError(GspoError):
+    """A checkpoint is missing, incomplete or does not match the run."""
+
+
+class TrainingError(GspoError):
+    """Training cannot go on (e.g. non-finite losses step after step)."""
+
+
+class Interrupted(GspoError):
+    """Training stopped on a signal after writing a checkpoint (exit 130 or 143)."""
+
+    def __init__(self, message: str, signal_name: str) -> None:
+        super().__init__(message)
+        self.exit_code = 143 if signal_name == "SIGTERM" else 130

@@ -30,9 +30,13 @@ class MetricsWriter:
         self.path = path
         self._file = path.open("a", encoding="utf-8")
 
+    @staticmethod
+    def line(row: Row) -> str:
+        """One row as a JSON line, newline included."""
+        return json.dumps({k: _clean(v) for k, v in row.items()}, allow_nan=False) + "\n"
+
     def write(self, row: Row) -> None:
-        line = json.dumps({k: _clean(v) for k, v in row.items()}, allow_nan=False)
-        self._file.write(line + "\n")
+        self._file.write(self.line(row))
         self._file.flush()
 
     def close(self) -> None:

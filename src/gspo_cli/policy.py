@@ -47,10 +47,10 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     ]
 
 
-def resolve_model_path(name: str, announce: Callable[[str], None]) -> str:
-    """The embedded default's cached directory, or the name as given (hub id or local path)."""
+def check_model_source(name: str) -> str:
+    """The name as a local directory or hub id; a local-looking path must exist."""
     if name == TINY_MODEL_NAME:
-        return str(ensure_tiny_model(announce))
+        return name
     looks_local = name.startswith((".", "/", "~")) or Path(name).exists()
     if looks_local and not Path(name).expanduser().is_dir():
         raise ModelError(
@@ -58,6 +58,13 @@ def resolve_model_path(name: str, announce: Callable[[str], None]) -> str:
             "point it at a Hugging Face model directory (with config.json) or use a hub id"
         )
     return str(Path(name).expanduser()) if looks_local else name
+
+
+def resolve_model_path(name: str, announce: Callable[[str], None]) -> str:
+    """The embedded default's cached directory, or the name as given (hub id or local path)."""
+    if name == TINY_MODEL_NAME:
+        return str(ensure_tiny_model(announce))
+    return check_model_source(name)
 
 
 def load_policy(

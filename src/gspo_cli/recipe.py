@@ -30,7 +30,7 @@ DEFAULT_CLIP: dict[str, tuple[float, float]] = {
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSection(_Section):
@@ -123,13 +123,23 @@ class TrainSection(_Section):
         description="rollout steps between evaluations (also at start and end; 0: only those)",
     )
     save_every: int = Field(
-        0, ge=0, description="rollout steps between checkpoints (the final model is always saved)"
+        0,
+        ge=0,
+        description="rollout steps between checkpoints (0: only at the end and on interruption)",
+    )
+    keep_last: int = Field(2, ge=1, description="complete checkpoints kept; older are deleted")
+    max_skipped_steps: int = Field(
+        10,
+        ge=1,
+        description="optimiser steps in a row with a non-finite loss or gradient before stopping",
     )
 
 
 class Recipe(_Section):
     name: str = Field("run", min_length=1, description="run name; the run directory starts with it")
-    seed: int = Field(0, description="seeds data order, sampling and initialisation")
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="seeds data order, sampling and initialisation"
+    )
     reward: str = Field("exact", min_length=1, description="registered reward function name")
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
@@ -288,3 +298,47 @@ def load_recipe(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) 
         apply_override(raw, assignment)
     source = str(path) if path is not None else "default recipe"
     return validate(raw, source + (" with --set overrides" if overrides else ""))
+
+
+# Settings a resumed run cannot change: the checkpoint's weights, optimiser state and data
+# position only make sense for the same model, algorithm, batch shape, task and seed.
+BREAKING_ON_RESUME = (
+    "seed",
+    "reward",
+    "model.",
+    "data.task",
+    "rollout.prompts_per_step",
+    "rollout.group_size",
+    "algo.mode",
+    "algo.minibatches",
+    "algo.epochs",
+)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_changes(saved: Recipe, new: Recipe) -> tuple[list[str], list[str]]:
+    """(breaking, harmless) differences between a run's saved recipe and the one to resume
+    with, each as 'key: old -> new'."""
+    old_flat, new_flat = (
+        _flatten(saved.model_dump(mode="json")),
+        _flatten(new.model_dump(mode="json")),
+    )
+    breaking: list[str] = []
+    harmless: list[str] = []
+    for key in old_flat:
+        if old_flat[key] != new_flat[key]:
+            line = f"{key}: {old_flat[key]!r} -> {new_flat[key]!r}"
+            is_breaking = any(
+                key == b or (b.endswith(".") and key.startswith(b)) for b in BREAKING_ON_RESUME
+            )
+            (breaking if is_breaking else harmless).append(line)
+    return breaking, harmless

@@ -22,7 +22,7 @@ def captured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Recipe]:
     monkeypatch.chdir(tmp_path)
     received: list[Recipe] = []
 
-    def fake_run(recipe: Recipe, run_dir: Path, **_: Any) -> TrainSummary:
+    def fake_run(recipe: Recipe, run_dir: Path, *_: Any, **__: Any) -> TrainSummary:
         received.append(recipe)
         return TrainSummary(run_dir, recipe.train.steps, 0.25, 0.5, 1.0)
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from gspo_cli.metrics import read_metrics
 from gspo_cli.recipe import load_recipe
+
+from cli_runs import SMALL, train, without_timing
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,34 +26,6 @@ def documented_keys(kind: str) -> set[str]:
         for m in re.findall(r"^\| `(\w+)` \| (\w+) \|", section, re.M)
         if m[1] in (kind, "both")
     }
-
-
-@pytest.fixture(scope="module")
-def warm_tiny() -> Path:
-    """The embedded default, built and warm-started once into the session's GSPO_CACHE."""
-    from gspo_cli.tiny import ensure_tiny_model
-
-    return ensure_tiny_model(lambda _: None)
-
-
-def run_cli(out: Path, *sets: str) -> subprocess.CompletedProcess[str]:
-    args = [sys.executable, "-m", "gspo_cli", "train", "--quiet", "--out", str(out)]
-    for s in sets:
-        args += ["--set", s]
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
-    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, check=False)
-
-
-SMALL = (
-    "train.steps=3",
-    "train.eval_every=2",
-    "train.save_every=2",
-    "rollout.prompts_per_step=4",
-    "rollout.group_size=4",
-    "algo.minibatches=2",
-    "data.eval_size=32",
-    "optim.lr=1e-3",
-)
 
 
 @pytest.mark.slow
@@ -72,7 +43,7 @@ def test_train_writes_documented_metrics_and_updates_every_parameter(
 ) -> None:
     """A 3-step run writes the documented metrics and changes every trainable parameter."""
     out = tmp_path / "run"
-    result = run_cli(out, f"algo.mode={mode}", *SMALL)
+    result = train(out, f"algo.mode={mode}", *SMALL)
     assert result.returncode == 0, result.stdout + result.stderr
 
     rows = read_metrics(out / "metrics.jsonl")
@@ -107,20 +78,9 @@ def test_train_writes_documented_metrics_and_updates_every_parameter(
 @pytest.mark.slow
 def test_same_seed_same_metrics(warm_tiny: Path, tmp_path: Path) -> None:
     """Two CPU runs with the same seed write the same numbers (timings aside)."""
-    timing = {
-        "sample_s",
-        "score_s",
-        "old_logprob_s",
-        "update_s",
-        "rollout_s",
-        "step_s",
-        "tokens_per_s",
-        "eval_s",
-    }
     runs = []
     for name in ("a", "b"):
-        result = run_cli(tmp_path / name, *SMALL)
+        result = train(tmp_path / name, *SMALL)
         assert result.returncode == 0, result.stderr
-        rows = read_metrics(tmp_path / name / "metrics.jsonl")
-        runs.append([{k: v for k, v in r.items() if k not in timing} for r in rows])
+        runs.append(without_timing(read_metrics(tmp_path / name / "metrics.jsonl")))
     assert runs[0] == runs[1]

@@ -1,0 +1,64 @@
+"""Helpers for tests that run the real `gspo` CLI in a subprocess on the tiny default."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# A few quick steps: 4 prompts × 4 completions, 2 minibatches.
+SMALL = (
+    "train.steps=3",
+    "train.eval_every=2",
+    "train.save_every=2",
+    "rollout.prompts_per_step=4",
+    "rollout.group_size=4",
+    "algo.minibatches=2",
+    "data.eval_size=32",
+    "optim.lr=1e-3",
+)
+
+TIMING_KEYS = {
+    "sample_s",
+    "score_s",
+    "old_logprob_s",
+    "update_s",
+    "rollout_s",
+    "step_s",
+    "tokens_per_s",
+    "eval_s",
+}
+
+
+def cli_args(*args: str, sets: tuple[str, ...] = ()) -> list[str]:
+    command = [sys.executable, "-m", "gspo_cli", *args]
+    for s in sets:
+        command += ["--set", s]
+    return command
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def run_cli(*args: str, sets: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """`gspo ARGS --set ...` in a subprocess; returns the finished process."""
+    return subprocess.run(
+        cli_args(*args, sets=sets),
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=300,
+        check=False,
+    )
+
+
+def train(out: Path, *sets: str) -> subprocess.CompletedProcess[str]:
+    """`gspo train --quiet --out OUT --set ...`."""
+    return run_cli("train", "--quiet", "--out", str(out), sets=sets)
+
+
+def without_timing(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Rows with wall-clock keys removed, for comparing runs."""
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
