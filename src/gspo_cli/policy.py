@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
+from gspo_cli import microbatch
 from gspo_cli.errors import ModelError
+from gspo_cli.logprobs import DEFAULT_CHUNK_TOKENS, token_logprobs
 from gspo_cli.tiny import TINY_MODEL_NAME, ensure_tiny_model
 
 
@@ -166,19 +168,45 @@ def generate(
     )
 
 
+def _plain_linear_head(model: Any) -> Any | None:
+    """The output head if it is a bias-free linear layer with nothing after it, else None."""
+    head = model.get_output_embeddings()
+    config = model.config
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        return None
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    return head
+
+
 def completion_logprobs(
     model: Any,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     completion_len: int,
     temperature: float = 1.0,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
 ) -> torch.Tensor:
     """log π(y_t | x, y_<t) of each completion token, at the sampling temperature -> [N, T].
 
-    Only the last T+1 positions' logits are computed (`logits_to_keep`); positions come from
-    the attention mask so left padding does not shift them.
+    For the usual bias-free linear head the logits are never materialised for all tokens at
+    once (`logprobs.token_logprobs`, chunked); other heads fall back to full logits of the
+    last T+1 positions. Positions come from the attention mask so left padding does not
+    shift them.
     """
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [N, P+T]
+    targets = input_ids[:, -completion_len:]  # [N, T]
+    head = _plain_linear_head(model)
+    if head is not None:
+        hidden = model.base_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state[:, -completion_len - 1 : -1]  # [N, T, H]
+        return token_logprobs(
+            hidden, head.weight, targets, temperature=temperature, chunk_tokens=chunk_tokens
+        )  # [N, T]
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -186,7 +214,29 @@ def completion_logprobs(
         logits_to_keep=completion_len + 1,
         use_cache=False,
     )
-    logits = out.logits[:, :-1, :].float() / temperature  # [N, T, V]
-    targets = input_ids[:, -completion_len:]  # [N, T]
+    logits = out.logits[:, :-1, :]  # [N, T, V]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
     logprobs = torch.log_softmax(logits, dim=-1)  # [N, T, V]
     return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N, T]
+
+
+@torch.no_grad()
+def batched_logprobs(
+    model: Any,
+    gen: Generation,
+    *,
+    temperature: float,
+    max_tokens: int,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> torch.Tensor:
+    """`completion_logprobs` of every row of a generation, in token-budget micro-batches,
+    without gradients (π_old and the reference) -> [N, T], 0 on padding."""
+    n, t = gen.completion_mask.shape
+    p = gen.input_ids.shape[1] - t
+    out = torch.zeros(n, t, device=gen.input_ids.device)  # [N, T]
+    for mb in microbatch.plan(gen.attention_mask, gen.completion_mask, torch.arange(n), max_tokens):
+        ids = microbatch.take(gen.input_ids, mb, p)  # [n_k, P_k + T_k]
+        attn = microbatch.take(gen.attention_mask, mb, p)  # [n_k, P_k + T_k]
+        lp = completion_logprobs(model, ids, attn, mb.completion_len, temperature, chunk_tokens)
+        out[mb.rows, : mb.completion_len] = lp.float()  # [n_k, T_k]
+    return out

@@ -127,6 +127,18 @@ class TrainSection(_Section):
         ge=0,
         description="rollout steps between checkpoints (0: only at the end and on interruption)",
     )
+    microbatch_tokens: int = Field(
+        8192,
+        ge=0,
+        description="padded tokens per forward pass; minibatches are split into length-sorted "
+        "micro-batches with gradient accumulation (0: no split)",
+    )
+    logprob_chunk_tokens: int = Field(
+        1024,
+        ge=0,
+        description="tokens whose full-vocabulary logits exist at once when computing "
+        "log-probs (0: all at once)",
+    )
     keep_last: int = Field(2, ge=1, description="complete checkpoints kept; older are deleted")
     max_skipped_steps: int = Field(
         10,

@@ -15,7 +15,7 @@ import torch
 
 from gspo_cli.data import Example, render_prompt
 from gspo_cli.losses import group_advantages
-from gspo_cli.policy import Generation, completion_logprobs, generate
+from gspo_cli.policy import Generation, batched_logprobs, generate
 from gspo_cli.recipe import Recipe
 from gspo_cli.rewards import RewardFn, score
 
@@ -76,13 +76,15 @@ def collect(
     advantages, zero_std_frac = group_advantages(rewards, g, scale=recipe.algo.advantage_scale)
     scored = time.perf_counter()
 
-    t = gen.completion_mask.shape[1]
-    old = completion_logprobs(model, gen.input_ids, gen.attention_mask, t, temperature)  # [N, T]
-    ref = (
-        completion_logprobs(ref_model, gen.input_ids, gen.attention_mask, t, temperature)
-        if ref_model is not None
-        else None
-    )
+    budget, chunk = recipe.train.microbatch_tokens, recipe.train.logprob_chunk_tokens
+    old = batched_logprobs(
+        model, gen, temperature=temperature, max_tokens=budget, chunk_tokens=chunk
+    )  # [N, T]
+    ref = None
+    if ref_model is not None:
+        ref = batched_logprobs(
+            ref_model, gen, temperature=temperature, max_tokens=budget, chunk_tokens=chunk
+        )  # [N, T]
     done = time.perf_counter()
 
     lengths = gen.completion_mask.sum(dim=1)  # [N]

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from gspo_cli import rewards
+from gspo_cli import microbatch, rewards
 from gspo_cli.checkpoint import (
     METRICS_FILE,
     RECIPE_FILE,
@@ -41,7 +41,7 @@ from gspo_cli.data import load_examples
 from gspo_cli.errors import Interrupted, TrainingError, UserError
 from gspo_cli.evaluate import greedy_accuracy
 from gspo_cli.interrupt import StopRequest
-from gspo_cli.losses import kl_k3, policy_loss
+from gspo_cli.losses import LossStats, kl_k3, policy_loss
 from gspo_cli.metrics import MetricsWriter, Row, read_metrics
 from gspo_cli.policy import check_model_source, completion_logprobs, load_policy, pick_device
 from gspo_cli.recipe import Recipe
@@ -103,6 +103,60 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _objective(
+    logprobs: torch.Tensor, batch: RolloutBatch, rows: torch.Tensor, recipe: Recipe
+) -> tuple[torch.Tensor, torch.Tensor, LossStats]:
+    """Policy loss (+ β·KL) of `rows` given their current log-probs `[n, T_k]`."""
+    algo, t = recipe.algo, logprobs.shape[1]
+    mask = batch.gen.completion_mask[rows, :t]  # [n, T_k]
+    loss, stats = policy_loss(
+        logprobs,
+        batch.old_logprobs[rows, :t],
+        batch.advantages[rows],
+        mask,
+        mode=algo.mode,
+        clip_low=algo.clip_low,
+        clip_high=algo.clip_high,
+        max_log_ratio=algo.max_log_ratio,
+    )
+    kl = torch.zeros((), device=loss.device)
+    if batch.ref_logprobs is not None:
+        kl = kl_k3(logprobs, batch.ref_logprobs[rows, :t], mask)
+        loss = loss + algo.kl_beta * kl
+    return loss, kl, stats
+
+
+def accumulate_gradients(
+    model: Any, batch: RolloutBatch, rows: torch.Tensor, recipe: Recipe
+) -> tuple[torch.Tensor, torch.Tensor, LossStats]:
+    """Backward one minibatch in token-budget micro-batches.
+
+    Every term of the objective is a mean over responses, so a micro-batch holding n_k of
+    the minibatch's n responses is weighted n_k / n and the accumulated gradient equals the
+    whole minibatch's. The returned loss, KL and stats are recomputed (without gradients)
+    from the gathered log-probs, so they are the minibatch's own, not an average of parts.
+    """
+    gen = batch.gen
+    n, t = len(rows), gen.completion_mask.shape[1]
+    p = gen.input_ids.shape[1] - t
+    gathered = torch.zeros(n, t, device=gen.input_ids.device)  # [n, T]
+    budget = recipe.train.microbatch_tokens
+    for mb in microbatch.plan(gen.attention_mask, gen.completion_mask, rows, budget):
+        logprobs = completion_logprobs(
+            model,
+            microbatch.take(gen.input_ids, mb, p),
+            microbatch.take(gen.attention_mask, mb, p),
+            mb.completion_len,
+            recipe.rollout.temperature,
+            recipe.train.logprob_chunk_tokens,
+        )  # [n_k, T_k]
+        loss, _, _ = _objective(logprobs, batch, mb.rows, recipe)
+        (loss * (len(mb.rows) / n)).backward()  # type: ignore[no-untyped-call]
+        gathered[mb.positions, : mb.completion_len] = logprobs.detach().float()
+    with torch.no_grad():
+        return _objective(gathered, batch, rows, recipe)
+
+
 def update(
     model: Any,
     optimizer: torch.optim.Optimizer,
@@ -116,33 +170,13 @@ def update(
     not finite when it was skipped.
     """
     started = time.perf_counter()
-    algo, temperature = recipe.algo, recipe.rollout.temperature
-    gen = batch.gen
-    n, t = gen.completion_mask.shape
+    n = batch.gen.completion_mask.shape[0]
     max_norm = recipe.optim.grad_clip if recipe.optim.grad_clip > 0 else math.inf
     per_step: list[dict[str, float]] = []
     outcomes: list[str | None] = []
-    for _ in range(algo.epochs):
-        for idx in torch.randperm(n).chunk(algo.minibatches):  # [N / minibatches] each
-            logprobs = completion_logprobs(
-                model, gen.input_ids[idx], gen.attention_mask[idx], t, temperature
-            )  # [n, T]
-            mask = gen.completion_mask[idx]  # [n, T]
-            loss, stats = policy_loss(
-                logprobs,
-                batch.old_logprobs[idx],
-                batch.advantages[idx],
-                mask,
-                mode=algo.mode,
-                clip_low=algo.clip_low,
-                clip_high=algo.clip_high,
-                max_log_ratio=algo.max_log_ratio,
-            )
-            kl = torch.zeros(())
-            if batch.ref_logprobs is not None:
-                kl = kl_k3(logprobs, batch.ref_logprobs[idx], mask)
-                loss = loss + algo.kl_beta * kl
-            loss.backward()  # type: ignore[no-untyped-call]
+    for _ in range(recipe.algo.epochs):
+        for rows in torch.randperm(n).chunk(recipe.algo.minibatches):  # [N / minibatches] each
+            loss, kl, stats = accumulate_gradients(model, batch, rows, recipe)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
             if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
                 optimizer.zero_grad(set_to_none=True)  # never step on NaN/inf

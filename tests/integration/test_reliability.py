@@ -6,6 +6,7 @@ import math
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,18 +142,17 @@ def test_resume_of_something_that_is_not_a_run(tmp_path: Path) -> None:
 # --- numerical faults (in-process, untrained tiny model) --------------------------------
 
 
-def _nan_after(monkeypatch: pytest.MonkeyPatch, good_calls: int) -> list[int]:
-    """Make policy_loss return NaN from call `good_calls + 1` on; returns the call counter."""
+def _nan_on_calls(monkeypatch: pytest.MonkeyPatch, bad: Callable[[int], bool]) -> None:
+    """Make the minibatch loss non-finite on the optimiser steps (1-based) where `bad` holds."""
     calls = [0]
-    real = trainer.policy_loss
+    real = trainer.accumulate_gradients
 
-    def flaky(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, LossStats]:
-        loss, stats = real(*args, **kwargs)
+    def flaky(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, LossStats]:
+        loss, kl, stats = real(*args, **kwargs)
         calls[0] += 1
-        return (loss * math.nan if calls[0] > good_calls else loss), stats
+        return (loss * math.nan if bad(calls[0]) else loss), kl, stats
 
-    monkeypatch.setattr(trainer, "policy_loss", flaky)
-    return calls
+    monkeypatch.setattr(trainer, "accumulate_gradients", flaky)
 
 
 def _tiny_recipe(model_dir: Path, *sets: str) -> Any:
@@ -163,15 +163,7 @@ def test_non_finite_loss_skips_the_step_and_counts_it(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """NaN losses are skipped and counted; training goes on while under the limit."""
-    calls = [0]
-    real = trainer.policy_loss
-
-    def nan_on_third(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, LossStats]:
-        loss, stats = real(*args, **kwargs)
-        calls[0] += 1
-        return (loss * math.nan if calls[0] == 3 else loss), stats
-
-    monkeypatch.setattr(trainer, "policy_loss", nan_on_third)
+    _nan_on_calls(monkeypatch, lambda call: call == 3)  # step 2's first optimiser step
     run_dir = new_run_dir(tmp_path / "run", "t")
     trainer.run(_tiny_recipe(tiny_model_dir), run_dir, announce=lambda _: None)
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval_accuracy" not in r]
@@ -183,7 +175,7 @@ def test_too_many_non_finite_steps_stop_with_the_last_good_checkpoint(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After max_skipped_steps NaNs in a row the run stops naming the step; weights are intact."""
-    _nan_after(monkeypatch, good_calls=2)  # step 1 fine, NaN from step 2 on
+    _nan_on_calls(monkeypatch, lambda call: call > 2)  # step 1 fine, NaN from step 2 on
     run_dir = new_run_dir(tmp_path / "run", "t")
     recipe = _tiny_recipe(tiny_model_dir, "train.save_every=1", "train.max_skipped_steps=3")
     with pytest.raises(TrainingError, match=r"step 3: 4 optimiser steps in a row") as info:
