@@ -47,6 +47,27 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def cache_root() -> Path:
+    """Where cached artefacts (the tiny model, prepared data) live: $GSPO_CACHE, else
+    ~/.cache/gspo."""
+    env = os.environ.get("GSPO_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "gspo"
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Move a completed `staging` directory to `target`, replacing any old one; a reader sees
+    the old directory or the new one, never a mix (the old one is renamed aside first)."""
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give what mkdir() would
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(target)
+
+
 def new_run_dir(out: Path | None, name: str, root: Path = Path("runs")) -> Path:
     """Create the run directory: `out` if given (it must not hold a run), else a fresh
     `root/<name>-<time>`. Fails with a UserError if it cannot be created or written."""
@@ -80,15 +101,7 @@ def save_model_dir(model: Any, tokenizer: Any, target: Path) -> None:
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give what mkdir() would
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(target)
+        replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

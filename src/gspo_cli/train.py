@@ -30,11 +30,11 @@ from gspo_cli.checkpoint import (
     save_model_dir,
     write_text_atomic,
 )
-from gspo_cli.data import load_examples
+from gspo_cli.data import load_task
 from gspo_cli.evaluate import greedy_accuracy
 from gspo_cli.losses import kl_k3, policy_loss
 from gspo_cli.metrics import MetricsWriter, Row
-from gspo_cli.policy import completion_logprobs, load_policy, pick_device
+from gspo_cli.policy import completion_logprobs, load_policy, load_tokenizer, pick_device
 from gspo_cli.recipe import Recipe
 from gspo_cli.rollout import RolloutBatch, collect
 
@@ -160,16 +160,19 @@ def run(
     seed_everything(recipe.seed)
     write_text_atomic(run_dir / RECIPE_FILE, recipe.to_yaml())
 
-    # --- setup: model, reference, reward, data, optimiser --------------------------------
+    # --- setup: data, model, reference, reward, optimiser --------------------------------
+    # Data first, with the tokenizer alone: a bad source fails before a model loads.
+    tokenizer = load_tokenizer(recipe.model.name, announce)
+    _, splits = load_task(recipe.data, tokenizer, recipe.model.name, announce)
+    train_set, test_set = splits["train"], splits["test"][: recipe.data.eval_size]
     device = pick_device()
     model, tokenizer = load_policy(recipe.model.name, recipe.model.dtype, device, announce)
     model.train()
     ref_model = None
     if recipe.algo.kl_beta > 0:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    reward_fn = rewards.get(recipe.reward)
-    train_set = load_examples(recipe.data.task, "train")
-    test_set = load_examples(recipe.data.task, "test")[: recipe.data.eval_size]
+    reward_fn = rewards.combine(recipe.reward_terms)
+    checker = rewards.checker(recipe.reward_terms)  # decides correct answers in evaluations
     prompts = prompt_stream(len(train_set), recipe.seed)
     optim = recipe.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
@@ -187,7 +190,7 @@ def run(
         def evaluate(step: int) -> float:
             t0 = time.perf_counter()
             accuracy = greedy_accuracy(
-                model, tokenizer, test_set, reward_fn, max_new_tokens=recipe.rollout.max_new_tokens
+                model, tokenizer, test_set, checker, max_new_tokens=recipe.rollout.max_new_tokens
             )
             seconds = time.perf_counter() - t0
             log(
