@@ -93,7 +93,9 @@ class DataSection(_Section):
         "file or folder (relative to the working directory); none for generated tasks",
     )
     config: str | None = Field(
-        None, description="the hub dataset's configuration, e.g. 'main' for openai/gsm8k"
+        None,
+        description="the hub dataset's configuration, e.g. 'main' for openai/gsm8k (a local "
+        "folder: the subfolder to read)",
     )
     train_split: str = Field("train", min_length=1, description="the source's training split")
     test_split: str = Field(

@@ -20,8 +20,9 @@ import re
 from decimal import Decimal, InvalidOperation
 
 # A number as people write it: an optional sign (not a hyphen after a word, as in `3-4`) and
-# `$`, thousands groups or plain digits, an optional decimal part; or a bare decimal (`.5`).
-NUMBER = r"(?:(?<![\w)\]])-)?\$?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
+# `$` (`-$5` or `$-5`), thousands groups or plain digits, an optional decimal part; or a bare
+# decimal (`.5`).
+NUMBER = r"(?:(?<![\w)\]])-)?(?:\$-?)?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
 _NUMBER_RE = re.compile(NUMBER)
 _STRICT_RE = re.compile(r"####\s*(" + NUMBER + r")")
 
