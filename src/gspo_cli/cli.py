@@ -251,7 +251,7 @@ def prepare_(
     with _user_errors():
         loaded = _load(recipe, set_)
         _prepare_runtime()
-        from gspo_cli import data
+        from gspo_cli import prepare as preparing
         from gspo_cli.policy import load_tokenizer
 
         tokenizer = load_tokenizer(loaded.model.name, _announce)
@@ -264,7 +264,7 @@ def prepare_(
             bar.update(tasks[split], completed=done)
 
         with bar:
-            result = data.prepare(
+            result = preparing.prepare(
                 loaded.data,
                 tokenizer,
                 model_name=loaded.model.name,

@@ -29,9 +29,10 @@ from gspo_cli.checkpoint import (
     RECIPE_FILE,
     write_text_atomic,
 )
-from gspo_cli.data import Example, load_task, render_prompt
+from gspo_cli.data import Example, render_prompt
 from gspo_cli.errors import ModelError
 from gspo_cli.policy import generate, load_policy, load_tokenizer, pick_device
+from gspo_cli.prepare import load_task
 from gspo_cli.recipe import Recipe
 from gspo_cli.rewards import RewardFn
 
@@ -328,18 +329,7 @@ def run(
         "recipe_source": recipe_source,
         "task": recipe.data.task,
         "scores": scores,
-        "settings": {
-            "examples": len(examples),
-            "limit": limit,
-            "samples": samples,
-            "reward": scorer.label,
-            "checker": recipe.reward_terms[0][0],
-            "max_new_tokens": recipe.rollout.max_new_tokens,
-            "temperature": recipe.rollout.temperature,
-            "top_p": recipe.rollout.top_p,
-            "seed": recipe.seed,
-            "batch_size": EVAL_BATCH_SIZE,
-        },
+        "settings": _settings(recipe, scorer, len(examples), limit, samples),
         "counts": {
             "test_examples": len(splits["test"]),
             "examples": len(examples),
@@ -357,3 +347,21 @@ def run(
     }
     write_text_atomic(eval_file, json.dumps(summary, indent=2) + "\n")
     return EvalReport(scores, len(examples), samples, seconds, eval_file, samples_file)
+
+
+def _settings(
+    recipe: Recipe, scorer: Scorer, examples: int, limit: int | None, samples: int
+) -> dict[str, Any]:
+    """What decided the scores, for eval.json."""
+    return {
+        "examples": examples,
+        "limit": limit,
+        "samples": samples,
+        "reward": scorer.label,
+        "checker": recipe.reward_terms[0][0],
+        "max_new_tokens": recipe.rollout.max_new_tokens,
+        "temperature": recipe.rollout.temperature,
+        "top_p": recipe.rollout.top_p,
+        "seed": recipe.seed,
+        "batch_size": EVAL_BATCH_SIZE,
+    }

@@ -123,14 +123,16 @@ class DataSection(_Section):
     @model_validator(mode="before")
     @classmethod
     def _defaults_follow_task(cls, data: Any) -> Any:
-        """Unset fields and instruction take the task's defaults."""
+        """Unset (or null) fields and an unset instruction take the task's defaults."""
         if not isinstance(data, dict):
             return data
         task = data.get("task", "addition")
         prompt, answer, instruction, _ = TASK_DEFAULTS.get(
             task if isinstance(task, str) else "", TASK_DEFAULTS["custom"]
         )
-        return {"prompt_field": prompt, "answer_field": answer, "instruction": instruction, **data}
+        fields = ("prompt_field", "answer_field")
+        given = {k: v for k, v in data.items() if v is not None or k not in fields}
+        return {"prompt_field": prompt, "answer_field": answer, "instruction": instruction, **given}
 
 
 class RolloutSection(_Section):

@@ -30,11 +30,11 @@ from gspo_cli.checkpoint import (
     save_model_dir,
     write_text_atomic,
 )
-from gspo_cli.data import load_task
 from gspo_cli.evaluate import greedy_accuracy
 from gspo_cli.losses import kl_k3, policy_loss
 from gspo_cli.metrics import MetricsWriter, Row
 from gspo_cli.policy import completion_logprobs, load_policy, load_tokenizer, pick_device
+from gspo_cli.prepare import load_task
 from gspo_cli.recipe import Recipe
 from gspo_cli.rollout import RolloutBatch, collect
 

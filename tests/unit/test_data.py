@@ -1,4 +1,4 @@
-"""`prepare`: sources, task formats, chat templates, the length limit, the cache and its errors."""
+"""Tasks, sources and `prepare`: formats, chat templates, the length limit, the cache, errors."""
 
 from __future__ import annotations
 
@@ -10,15 +10,9 @@ from typing import Any
 import pytest
 
 from gspo_cli import data
-from gspo_cli.data import (
-    addition_examples,
-    countdown_examples,
-    load_split,
-    load_task,
-    prepare,
-    tokenizer_fingerprint,
-)
+from gspo_cli.data import addition_examples, countdown_examples
 from gspo_cli.errors import DataError
+from gspo_cli.prepare import content_hash, load_split, load_task, prepare, tokenizer_fingerprint
 from gspo_cli.recipe import TASK_DEFAULTS, DataSection
 from gspo_cli.rewards import countdown
 from gspo_cli.tiny import build_tokenizer
@@ -80,7 +74,7 @@ def test_gsm8k_with_the_tiny_tokenizer_keeps_every_example(
     manifest = result.manifest
     assert manifest["source"] == str(gsm8k_dir) and manifest["task"] == "gsm8k"
     assert manifest["recipe"]["data"]["source"] == str(gsm8k_dir)
-    assert manifest["content_hash"] == data.content_hash(result.directory)
+    assert manifest["content_hash"] == content_hash(result.directory)
     assert not manifest["chat_template"]
 
 

@@ -261,3 +261,11 @@ def test_grpo_twin_differs_only_in_the_algorithm() -> None:
     qwen = load_recipe(REPO / "recipes" / "qwen3_math.yaml")
     assert qwen.rollout.group_size >= 8 and qwen.algo.minibatches == 4
     assert qwen.algo.kl_beta == 0 and qwen.data.task == "gsm8k"
+
+
+def test_null_fields_in_a_resolved_recipe_take_the_new_tasks_defaults() -> None:
+    """A run's recipe.yaml spells out null fields; switching its task fills them again."""
+    resolved = load_recipe(None).model_dump(mode="json")
+    resolved["data"].update(task="gsm8k", source="a/b")
+    recipe = validate(resolved)
+    assert (recipe.data.prompt_field, recipe.data.answer_field) == ("question", "answer")
