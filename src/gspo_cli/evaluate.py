@@ -135,12 +135,12 @@ class EvalTarget:
     model: str  # local directory or hub id
     recipe_file: Path | None  # the run's recipe.yaml
     run_dir: Path | None  # where eval.json goes by default
-    kind: Literal["run", "checkpoint", "model"]
+    kind: Literal["run", "checkpoint", "model", "hub"]
 
 
 def resolve_target(path: str) -> EvalTarget:
-    """A run directory (its `final/`), a checkpoint of a run, a model directory or a hub id;
-    a ModelError saying what the path is instead."""
+    """A run directory (its `final/`), a checkpoint of a run, a model directory or (a name
+    that is no local path) a hub id; a ModelError saying what the path is instead."""
     p = Path(path).expanduser()
     if p.is_dir():
         is_run = (p / METRICS_FILE).exists() or (p / FINAL_DIR).exists()
@@ -168,7 +168,7 @@ def resolve_target(path: str) -> EvalTarget:
             f"{path}: no such directory; give a run directory, a checkpoint directory, a "
             "model directory or a hub id"
         )
-    return EvalTarget(path, None, None, "model")
+    return EvalTarget(path, None, None, "hub")
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,14 @@ def run(
     the recipe's prepared test split; write eval.json and samples.jsonl into `out_dir`."""
     started = time.perf_counter()
     scorer = Scorer.for_recipe(recipe)  # before any model loads: a bad reward fails first
-    tokenizer = load_tokenizer(target.model, announce)
+    try:
+        tokenizer = load_tokenizer(target.model, announce)
+    except ModelError as exc:
+        if target.kind != "hub":
+            raise
+        raise ModelError(
+            f"{target.model}: no such local directory, and as a hub id: {exc}"
+        ) from exc
     prepared, splits = load_task(recipe.data, tokenizer, target.model, announce)
     examples = splits["test"][: limit or recipe.data.eval_size]
     model, tokenizer = load_policy(target.model, recipe.model.dtype, pick_device(), announce)

@@ -71,7 +71,7 @@ def _fix_tokenizer(tokenizer: Any, name: str) -> Any:
 
 
 def _load_error(name: str, exc: Exception) -> ModelError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
     return ModelError(
         f"cannot load model {name!r}: {first}. If the hub is unreachable (offline), "
         "download it elsewhere and set model.name to its local directory"

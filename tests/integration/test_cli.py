@@ -254,7 +254,12 @@ def test_eval_passes_the_runs_recipe_with_overrides(
 
 
 @pytest.mark.parametrize(
-    ("path", "fragment"), [("no/such/run_dir", "no such directory"), (".", "not a model")]
+    ("path", "fragment"),
+    [
+        ("no/such/run_dir", "no such directory"),
+        (".", "not a model"),
+        ("runs_nope", "runs_nope: no such local directory, and as a hub id: cannot load"),
+    ],
 )
 def test_eval_of_something_that_is_not_a_model(
     path: str, fragment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

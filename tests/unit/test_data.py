@@ -342,3 +342,11 @@ def test_unreachable_hub_says_so_and_suggests_a_local_path(char_tokenizer: Any) 
     message = str(info.value)
     assert "hub is unreachable" in message and "a local path works" in message, message
     assert "\n" not in message
+
+
+def test_doctest_examples_hold() -> None:
+    """The doctest examples in data.py are true."""
+    import doctest
+
+    result = doctest.testmod(data)
+    assert result.attempted > 0 and result.failed == 0, result

@@ -121,7 +121,7 @@ def test_a_checkpoint_uses_its_runs_recipe(tmp_path: Path) -> None:
 def test_a_model_directory_and_a_hub_id(tiny_model_dir: Path) -> None:
     assert resolve_target(str(tiny_model_dir)).kind == "model"
     hub = resolve_target("Qwen/Qwen3-0.6B")
-    assert (hub.model, hub.recipe_file, hub.kind) == ("Qwen/Qwen3-0.6B", None, "model")
+    assert (hub.model, hub.recipe_file, hub.kind) == ("Qwen/Qwen3-0.6B", None, "hub")
 
 
 @pytest.mark.parametrize(
@@ -139,3 +139,13 @@ def test_paths_that_are_not_models(tmp_path: Path, make: Any, fragment: str) -> 
         resolve_target(str(make(tmp_path)))
     assert fragment in str(info.value), str(info.value)
     assert info.value.exit_code == 2
+
+
+def test_doctest_examples_hold() -> None:
+    """The doctest examples in evaluate.py (pass@k, ks, majority) are true."""
+    import doctest
+
+    from gspo_cli import evaluate
+
+    result = doctest.testmod(evaluate)
+    assert result.attempted > 0 and result.failed == 0, result
