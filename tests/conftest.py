@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Before torch loads: OpenMP's busy-wait makes in-process CPU work (the tiny model's warm start)
+# many times slower when other processes share the cores. The CLI sets the same default.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
+# The real GSM8K copy next to the checkout (../shared/data/gsm8k); the product never assumes it.
+GSM8K_DIR = REPO.parent / "shared" / "data" / "gsm8k"
+
+
+@pytest.fixture(scope="session")
+def gsm8k_dir() -> Path:
+    """The local GSM8K folder (train.jsonl 7,473 rows, test.jsonl 1,319 rows)."""
+    if not (GSM8K_DIR / "test.jsonl").is_file():
+        pytest.skip(f"no GSM8K copy at {GSM8K_DIR}")
+    return GSM8K_DIR
 
 
 @pytest.fixture(scope="session")
@@ -26,12 +40,36 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Never read or write the user's ~/.cache/gspo from tests."""
-    monkeypatch.setenv("GSPO_CACHE", str(session_cache(tmp_path_factory)))
+QWEN_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def qwen_style_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local model directory: tiny Qwen3 + char tokenizer with a Qwen-style chat template
+    (<|im_start|>/<|im_end|> turns, as Qwen's own template renders a single user turn)."""
+    from gspo_cli.tiny import build_model, build_tokenizer
+
+    path = tmp_path_factory.mktemp("qwen-style")
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = QWEN_TEMPLATE
+    model = build_model(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Never read or write the user's ~/.cache/gspo from tests. Session-scoped, so it is in
+    place before module-scoped fixtures (which build the tiny model or train a run) too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GSPO_CACHE", str(session_cache(tmp_path_factory)))
+        yield
 
 
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -40,10 +78,8 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def warm_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def warm_tiny(_isolated_cache: None) -> Path:
     """The embedded default, built and warm-started once (about 35 s) into the session cache."""
     from gspo_cli.tiny import ensure_tiny_model
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GSPO_CACHE", str(session_cache(tmp_path_factory)))
-        return ensure_tiny_model(lambda _: None)
+    return ensure_tiny_model(lambda _: None)

@@ -56,6 +56,27 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def cache_root() -> Path:
+    """Where cached artefacts (the tiny model, prepared data) live: $GSPO_CACHE, else
+    ~/.cache/gspo."""
+    env = os.environ.get("GSPO_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "gspo"
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Move a completed `staging` directory to `target`, replacing any old one; a reader sees
+    the old directory or the new one, never a mix (the old one is renamed aside first)."""
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give what mkdir() would
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(target)
+
+
 @contextmanager
 def _staged_dir(target: Path) -> Iterator[Path]:
     """Yield a hidden staging directory beside `target`; on success it replaces `target`."""
@@ -63,15 +84,7 @@ def _staged_dir(target: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield staging
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give what mkdir() would
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(target)
+        replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -279,16 +279,174 @@ def _not_yet(command: str, issue: str) -> None:
 _ANY_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-@app.command(context_settings=_ANY_ARGS)
-def prepare() -> None:
-    """(Not yet available) Turn a recipe's dataset into prompts."""
-    _not_yet("prepare", "real datasets arrive with the prepare/eval work")
+def _announce(text: str) -> None:
+    console.print(f"[cyan]{text}[/]", highlight=False)
 
 
-@app.command(name="eval", context_settings=_ANY_ARGS)
-def eval_() -> None:
-    """(Not yet available) Evaluate a checkpoint with pass@k."""
-    _not_yet("eval", "pass@k evaluation arrives with the prepare/eval work")
+def _bar(label: str, quiet: bool) -> Progress:
+    return Progress(
+        TextColumn(f"[bold]{label}" + " {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+        transient=True,
+    )
+
+
+@app.command(name="prepare")
+def prepare_(
+    recipe: RecipeArg = None,
+    set_: SetOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild even if this data is already prepared.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Turn the recipe's dataset into prompts for its model's tokenizer (train and test)."""
+    with _user_errors():
+        loaded = _load(recipe, set_)
+        _prepare_runtime()
+        from gspo_cli import prepare as preparing
+        from gspo_cli.policy import load_tokenizer
+
+        tokenizer = load_tokenizer(loaded.model.name, _announce)
+        bar = _bar("prepare", quiet)
+        tasks: dict[str, Any] = {}
+
+        def progress(split: str, done: int, total: int) -> None:
+            if split not in tasks:
+                tasks[split] = bar.add_task(split, total=total)
+            bar.update(tasks[split], completed=done)
+
+        with bar:
+            result = preparing.prepare(
+                loaded.data,
+                tokenizer,
+                model_name=loaded.model.name,
+                force=force,
+                announce=_announce,
+                progress=progress,
+            )
+        if result.status == "reused":
+            console.print(
+                f"already prepared: {result.directory} holds this recipe's data for this "
+                "tokenizer; nothing to do (--force rebuilds it)",
+                highlight=False,
+            )
+        console.print(_prepared_table(result))
+
+
+def _prepared_table(result: Any) -> Table:
+    manifest = result.manifest
+    table = Table(title=f"{manifest['task']} data, {manifest['source']}")
+    for column in ("split", "from", "examples", "kept", "dropped", "prompt tokens max / mean"):
+        table.add_column(column, justify="left" if column in ("split", "from") else "right")
+    for split, c in result.counts().items():
+        tokens = f"{c.prompt_tokens_max} / {c.prompt_tokens_mean:.0f}"
+        table.add_row(split, c.source_split, str(c.rows), str(c.kept), str(c.dropped), tokens)
+    limit = manifest["recipe"]["data"]["max_prompt_tokens"]
+    table.caption = (
+        f"{result.directory}\ncontent {manifest['content_hash'][:16]}, "
+        f"limit {limit or 'none'}, chat template {'yes' if manifest['chat_template'] else 'no'}, "
+        f"built in {manifest['seconds']:.1f} s"
+    )
+    return table
+
+
+@app.command(name="eval")
+def eval_(
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="A run directory (its final/ model), a checkpoint directory, a model "
+            "directory or a hub id.",
+            show_default=False,
+        ),
+    ],
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            "--recipe",
+            help="Recipe whose data, reward and decoding settings to use (default: the run's "
+            "recipe.yaml, else the embedded default).",
+        ),
+    ] = None,
+    set_: SetOpt = None,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Dataset to evaluate on: same as --set data.source=..."),
+    ] = None,
+    samples: Annotated[
+        int,
+        typer.Option(
+            "--samples", min=0, help="Also sample N completions per prompt: pass@k and maj@N."
+        ),
+    ] = 0,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit", min=1, help="Evaluate the first N test examples (default: data.eval_size)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Where eval.json and samples.jsonl go (default: the run directory, "
+            "else evals/<name>-<time>).",
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate a model: greedy pass@1, and with --samples pass@k and maj@N."""
+    with _user_errors():
+        from gspo_cli.evaluate import resolve_target
+        from gspo_cli.recipe import load_recipe
+
+        target = resolve_target(path)
+        recipe_file = recipe or target.recipe_file
+        overrides = [*(set_ or []), *([f"data.source={data}"] if data else [])]
+        loaded = load_recipe(recipe_file, overrides)
+        out_dir = out or target.run_dir or _fresh_dir(Path("evals"), Path(target.model).name)
+        _prepare_runtime()
+        from gspo_cli import evaluate
+
+        bar = _bar("eval", quiet)
+        task = bar.add_task("completions", total=None)
+        with bar:
+            report = evaluate.run(
+                loaded,
+                target,
+                out_dir,
+                samples=samples,
+                limit=limit,
+                recipe_source=str(recipe_file) if recipe_file else "default recipe",
+                announce=_announce,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        table = Table(title=f"eval {target.model}", show_header=False)
+        for name, value in report.scores.items():
+            table.add_row(name, f"{value:.4f}")
+        table.add_row("examples", str(report.examples))
+        table.add_row("wall time", f"{report.seconds:.1f} s")
+        table.add_row("written", f"{report.eval_file}, {report.samples_file.name}")
+        console.print(table)
+
+
+def _fresh_dir(root: Path, name: str) -> Path:
+    """`root/<name>-<time>`, not yet existing."""
+    from datetime import datetime
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate, suffix = root / f"{name}-{stamp}", 1
+    while candidate.exists():
+        suffix += 1
+        candidate = root / f"{name}-{stamp}-{suffix}"
+    return candidate
 
 
 @app.command(context_settings=_ANY_ARGS)

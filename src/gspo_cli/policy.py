@@ -16,7 +16,7 @@ import torch
 from gspo_cli import microbatch
 from gspo_cli.errors import ModelError
 from gspo_cli.logprobs import DEFAULT_CHUNK_TOKENS, token_logprobs
-from gspo_cli.tiny import TINY_MODEL_NAME, ensure_tiny_model
+from gspo_cli.tiny import TINY_MODEL_NAME, build_tokenizer, ensure_tiny_model, tiny_model_dir
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,39 @@ def resolve_model_path(name: str, announce: Callable[[str], None]) -> str:
     return check_model_source(name)
 
 
+def _fix_tokenizer(tokenizer: Any, name: str) -> Any:
+    """Pad on the left (generation), with EOS when there is no pad token; require an EOS."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:  # many causal LMs ship without one; EOS is safe with masks
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise ModelError(f"tokenizer of {name!r} has no EOS token; completions could never stop")
+    return tokenizer
+
+
+def _load_error(name: str, exc: Exception) -> ModelError:
+    first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+    return ModelError(
+        f"cannot load model {name!r}: {first}. If the hub is unreachable (offline), "
+        "download it elsewhere and set model.name to its local directory"
+    )
+
+
+def load_tokenizer(name: str, announce: Callable[[str], None]) -> Any:
+    """The tokenizer of model `name` alone, without loading (or, for the embedded default,
+    building and warm-starting) the model: what preparing data needs."""
+    from transformers import AutoTokenizer
+
+    if name == TINY_MODEL_NAME and not (tiny_model_dir() / "config.json").is_file():
+        return _fix_tokenizer(build_tokenizer(), name)
+    path = resolve_model_path(name, announce)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise _load_error(name, exc) from exc
+    return _fix_tokenizer(tokenizer, name)
+
+
 def load_policy(
     name: str, dtype: str, device: torch.device, announce: Callable[[str], None]
 ) -> tuple[Any, Any]:
@@ -80,17 +113,8 @@ def load_policy(
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, device))
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
-            f"cannot load model {name!r}: {first}. If the hub is unreachable (offline), "
-            "download it elsewhere and set model.name to its local directory"
-        ) from exc
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:  # many causal LMs ship without one; EOS is safe with masks
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.eos_token_id is None:
-        raise ModelError(f"tokenizer of {name!r} has no EOS token; completions could never stop")
-    return model.to(device), tokenizer
+        raise _load_error(name, exc) from exc
+    return model.to(device), _fix_tokenizer(tokenizer, name)
 
 
 def eos_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -10,13 +10,24 @@ to set instead. Field descriptions double as the README's recipe reference.
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from gspo_cli.errors import RecipeError
+from gspo_cli import rewards
+from gspo_cli.errors import RecipeError, UserError
 
 Mode = Literal["gspo", "grpo", "gspo_token"]
 
@@ -44,13 +55,84 @@ class ModelSection(_Section):
     )
 
 
+Task = Literal["addition", "gsm8k", "math", "countdown", "custom"]
+
+# Per task: (prompt field, answer field, instruction appended to each prompt, reward). Unset
+# recipe values take these; the resolved recipe.yaml spells them out.
+TASK_DEFAULTS: dict[str, tuple[str | None, str | None, str, str]] = {
+    "addition": (None, None, "", "exact"),
+    "gsm8k": (
+        "question",
+        "answer",
+        "Solve the problem step by step. Put the final answer, a number, after ####.",
+        "gsm8k",
+    ),
+    "math": ("problem", "solution", "Put the final answer in \\boxed{}.", "math_boxed"),
+    "countdown": (
+        "nums",
+        "target",
+        "Use +, -, * and / and each number exactly once. Write the equation inside "
+        "<answer></answer>, for example <answer>(1 + 2) * 3</answer>.",
+        "countdown",
+    ),
+    "custom": (None, None, "", "exact"),
+}
+GENERATED_TASKS = ("addition", "countdown")  # made in code; countdown may also read a source
+
+
 class DataSection(_Section):
-    task: Literal["addition"] = Field(
-        "addition", description="the task: 'addition' (synthetic two-digit sums, generated locally)"
+    task: Task = Field(
+        "addition",
+        description="'addition' (synthetic two-digit sums), 'gsm8k' (question, '#### N' answer), "
+        "'math' (problem, \\boxed{} solution), 'countdown' (numbers and a target; generated "
+        "without a source) or 'custom' (your prompt and answer fields)",
+    )
+    source: str | None = Field(
+        None,
+        description="a hub dataset id such as 'openai/gsm8k', or a local JSONL/JSON/Parquet "
+        "file or folder (relative to the working directory); none for generated tasks",
+    )
+    config: str | None = Field(
+        None,
+        description="the hub dataset's configuration, e.g. 'main' for openai/gsm8k (a local "
+        "folder: the subfolder to read)",
+    )
+    train_split: str = Field("train", min_length=1, description="the source's training split")
+    test_split: str = Field(
+        "test", min_length=1, description="the source's held-out split (evaluation)"
+    )
+    prompt_field: str | None = Field(
+        description="field holding the question (countdown: the numbers); default by task"
+    )
+    answer_field: str | None = Field(
+        description="field holding the reference answer (countdown: the target); default by task"
+    )
+    instruction: str = Field(
+        description="text appended to every prompt (after a blank line); default by task"
+    )
+    max_prompt_tokens: int = Field(
+        0, ge=0, description="drop (and count) prompts longer than this in tokens; 0: keep all"
+    )
+    generated_size: int = Field(
+        10_000, ge=1, description="training examples generated for countdown without a source"
     )
     eval_size: int = Field(
         256, ge=1, description="held-out examples used for each evaluation (capped at the split)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_follow_task(cls, data: Any) -> Any:
+        """Unset (or null) fields and an unset instruction take the task's defaults."""
+        if not isinstance(data, dict):
+            return data
+        task = data.get("task", "addition")
+        prompt, answer, instruction, _ = TASK_DEFAULTS.get(
+            task if isinstance(task, str) else "", TASK_DEFAULTS["custom"]
+        )
+        fields = ("prompt_field", "answer_field")
+        given = {k: v for k, v in data.items() if v is not None or k not in fields}
+        return {"prompt_field": prompt, "answer_field": answer, "instruction": instruction, **given}
 
 
 class RolloutSection(_Section):
@@ -147,18 +229,80 @@ class TrainSection(_Section):
     )
 
 
+class RewardTerm(_Section):
+    name: str = Field(min_length=1, description="a reward name or 'package.module:function'")
+    weight: float = Field(1.0, allow_inf_nan=False, description="its weight in the sum")
+
+
+# A reward is one name or a list of weighted terms; the tag picks the branch, so an error in
+# a list is reported once, at its own path, instead of once per union member.
+_REWARD_TAGS = ("name", "terms")
+RewardSpec = Annotated[
+    Annotated[str, Tag("name")] | Annotated[tuple[RewardTerm, ...], Tag("terms")],
+    Discriminator(lambda value: "name" if isinstance(value, str) else "terms"),
+]
+
+
 class Recipe(_Section):
     name: str = Field("run", min_length=1, description="run name; the run directory starts with it")
     seed: int = Field(
         0, ge=0, le=2**32 - 1, description="seeds data order, sampling and initialisation"
     )
-    reward: str = Field("exact", min_length=1, description="registered reward function name")
+    reward: RewardSpec = Field(
+        description="a reward name (default by task: exact, gsm8k, math_boxed, countdown), a "
+        "user function 'package.module:function', or a list of {name, weight} summed; the "
+        "first decides correctness"
+    )
     model: ModelSection = ModelSection()
-    data: DataSection = DataSection()
+    data: DataSection = Field(default_factory=lambda: DataSection.model_validate({}))
     rollout: RolloutSection = RolloutSection()
     algo: AlgoSection = Field(default_factory=lambda: AlgoSection.model_validate({}))
     optim: OptimSection = OptimSection()
     train: TrainSection = TrainSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reward_follows_task(cls, data: Any) -> Any:
+        """An unset reward is the task's checker (exact for addition, gsm8k for gsm8k, ...)."""
+        if not isinstance(data, dict) or "reward" in data:
+            return data
+        section = data.get("data")
+        task = section.get("task", "addition") if isinstance(section, dict) else "addition"
+        _, _, _, reward = TASK_DEFAULTS.get(task if isinstance(task, str) else "", ("",) * 4)
+        return {**data, "reward": reward or "exact"}
+
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _reward_shape(cls, value: Any) -> Any:
+        """A name or a non-empty list of {name, weight}; anything else gets one clear message."""
+        if isinstance(value, str) or (isinstance(value, list | tuple) and value):
+            return value
+        raise ValueError(
+            f"expected a reward name or a list of {{name, weight}}, got {value!r}; "
+            "e.g. reward: gsm8k"
+        )
+
+    @field_validator("reward")
+    @classmethod
+    def _rewards_exist(cls, value: str | tuple[RewardTerm, ...]) -> str | tuple[RewardTerm, ...]:
+        """Every named reward is registered or importable, before any model loads."""
+        names = [value] if isinstance(value, str) else [term.name for term in value]
+        problems = []
+        for name in names:
+            try:
+                rewards.get(name)
+            except UserError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @property
+    def reward_terms(self) -> tuple[tuple[str, float], ...]:
+        """The reward as (name, weight) pairs; a plain name has weight 1."""
+        if isinstance(self.reward, str):
+            return ((self.reward, 1.0),)
+        return tuple((term.name, term.weight) for term in self.reward)
 
     @property
     def completions_per_step(self) -> int:
@@ -186,6 +330,35 @@ def _contradictions(recipe: Recipe) -> list[str]:
         )
     if m > n:
         problems.append(f"algo.minibatches: {m} is more than the {n} completions per step")
+    return problems + _data_contradictions(recipe.data)
+
+
+def _data_contradictions(data: DataSection) -> list[str]:
+    """A task, its source and its fields must fit together."""
+    problems = []
+    if data.source is None and data.task not in GENERATED_TASKS:
+        problems.append(
+            f"data.source: task {data.task} reads a dataset; set data.source to a hub id "
+            "(e.g. openai/gsm8k with data.config: main) or a local JSONL/JSON/Parquet file or "
+            "folder"
+        )
+    if data.source is not None and data.task == "addition":
+        problems.append(
+            "data.source: the addition task is generated in code and reads no dataset; remove "
+            "data.source, or set data.task to gsm8k, math, countdown or custom"
+        )
+    if data.config is not None and data.source is None:
+        problems.append("data.config: a configuration needs a data.source; remove data.config")
+    if data.task == "custom" and (data.prompt_field is None or data.answer_field is None):
+        problems.append(
+            "data.prompt_field/answer_field: task custom has no default field names; set both "
+            "to the names of your dataset's question and answer fields"
+        )
+    if data.source is not None and data.train_split == data.test_split:
+        problems.append(
+            f"data.test_split: it is the training split too ({data.train_split!r}), so the "
+            "evaluation would score examples the policy trained on; name another split"
+        )
     return problems
 
 
@@ -199,6 +372,12 @@ def warnings_for(recipe: Recipe) -> list[str]:
             "ratio is always 1, clipping never fires and GSPO reduces to GRPO with sequence-mean "
             "aggregation; set algo.minibatches: 4 as in the paper"
         )
+    checker, task_checker = recipe.reward_terms[0][0], TASK_DEFAULTS[recipe.data.task][3]
+    if recipe.data.task != "custom" and checker in rewards.REGISTRY and checker != task_checker:
+        notes.append(
+            f"reward {checker} checks task {recipe.data.task}, whose own checker is "
+            f"{task_checker}; set reward: {task_checker} unless that is what you meant"
+        )
     if algo.mode != "grpo" and max(algo.clip_low, algo.clip_high) >= 0.01:
         notes.append(
             f"algo.clip_low/clip_high {algo.clip_low}/{algo.clip_high} are GRPO-sized; a sequence "
@@ -211,31 +390,47 @@ def warnings_for(recipe: Recipe) -> list[str]:
 # --- loading -----------------------------------------------------------------------------
 
 
-def _hint(model: type[BaseModel], loc: tuple[str | int, ...]) -> str:
-    """The field's description, for 'what to set instead'."""
-    current: Any = model
+def _section(annotation: Any) -> Any:
+    """The model class inside an annotation (`tuple[RewardTerm, ...]`, a union), else itself."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _section(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _walk(loc: tuple[str | int, ...]) -> tuple[Any, Any]:
+    """(the section holding loc's last key, that key's FieldInfo or None); list indices skip."""
+    current: Any = Recipe
     info = None
-    for part in loc:
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            continue
         fields = getattr(current, "model_fields", None)
         if not fields or part not in fields:
-            return ""
+            return (current if i == len(loc) - 1 else None), None
         info = fields[part]
-        current = info.annotation
+        if i < len(loc) - 1:
+            current = _section(info.annotation)
+    return current, info
+
+
+def _hint(loc: tuple[str | int, ...]) -> str:
+    """The field's description, for 'what to set instead'."""
+    _, info = _walk(loc)
     return f" ({info.description})" if info is not None and info.description else ""
 
 
 def _known_keys(loc: tuple[str | int, ...]) -> list[str]:
-    current: Any = Recipe
-    for part in loc[:-1]:
-        fields = getattr(current, "model_fields", {})
-        if part not in fields:
-            return []
-        current = fields[part].annotation
-    return list(getattr(current, "model_fields", {}))
+    section, _ = _walk(loc)
+    return list(getattr(section, "model_fields", {}))
 
 
 def _describe(error: Any) -> str:
-    loc = tuple(error["loc"])
+    # Drop the tag of the reward union (`reward.terms.0.name` -> `reward.0.name`).
+    loc = tuple(p for i, p in enumerate(error["loc"]) if not (i == 1 and p in _REWARD_TAGS))
     path = ".".join(str(p) for p in loc) or "recipe"
     if error["type"] == "extra_forbidden":
         known = _known_keys(loc)
@@ -243,8 +438,10 @@ def _describe(error: Any) -> str:
         suggestion = f"did you mean {close[0]!r}? " if close else ""
         return f"{path}: unknown key; {suggestion}valid keys here: {', '.join(known)}"
     got = error.get("input")
+    if error["type"] == "value_error":  # our own validators' messages are complete
+        return f"{path}: {error['ctx']['error']}"
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{path}: {error['msg']}{shown}{_hint(Recipe, loc)}"
+    return f"{path}: {error['msg']}{shown}{_hint(loc)}"
 
 
 def validate(raw: dict[str, Any], source: str = "recipe") -> Recipe:

@@ -18,6 +18,7 @@ from gspo_cli.losses import group_advantages
 from gspo_cli.policy import Generation, batched_logprobs, generate
 from gspo_cli.recipe import Recipe
 from gspo_cli.rewards import RewardFn, score
+from gspo_cli.rewards import label as reward_label
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ def collect(
     sampled = time.perf_counter()
 
     references = [e.reference for e in examples for _ in range(g)]
-    rewards = torch.tensor(score(reward_fn, recipe.reward, gen.texts, references))  # [N]
+    label = reward_label(recipe.reward_terms)
+    rewards = torch.tensor(score(reward_fn, label, gen.texts, references))  # [N]
     advantages, zero_std_frac = group_advantages(rewards, g, scale=recipe.algo.advantage_scale)
     scored = time.perf_counter()
 

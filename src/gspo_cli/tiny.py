@@ -9,7 +9,6 @@ loads. The first call does the work (about a minute on 2 CPU cores); later calls
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import string
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gspo_cli.checkpoint import cache_root
 from gspo_cli.data import Example
 
 TINY_MODEL_NAME = "tiny-qwen3"
@@ -33,12 +33,6 @@ WARM_START_TARGET = 0.25
 WARM_START_BATCH = 128
 WARM_START_LR = 1e-3
 WARM_START_SEED = 1234
-
-
-def cache_root() -> Path:
-    """Where prepared artefacts live: $GSPO_CACHE, else ~/.cache/gspo."""
-    env = os.environ.get("GSPO_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "gspo"
 
 
 def build_tokenizer() -> Any:

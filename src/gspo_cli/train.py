@@ -37,13 +37,19 @@ from gspo_cli.checkpoint import (
     save_checkpoint,
     write_text_atomic,
 )
-from gspo_cli.data import load_examples
 from gspo_cli.errors import Interrupted, TrainingError, UserError
 from gspo_cli.evaluate import greedy_accuracy
 from gspo_cli.interrupt import StopRequest
 from gspo_cli.losses import LossStats, kl_k3, policy_loss
 from gspo_cli.metrics import MetricsWriter, Row, read_metrics
-from gspo_cli.policy import check_model_source, completion_logprobs, load_policy, pick_device
+from gspo_cli.policy import (
+    check_model_source,
+    completion_logprobs,
+    load_policy,
+    load_tokenizer,
+    pick_device,
+)
+from gspo_cli.prepare import load_task
 from gspo_cli.recipe import Recipe
 from gspo_cli.rollout import RolloutBatch, collect
 
@@ -208,9 +214,8 @@ def update(
 
 
 def preflight(recipe: Recipe) -> None:
-    """Cheap checks that fail before a run directory or a model exists: the reward
-    resolves and a local model path is there."""
-    rewards.get(recipe.reward)
+    """Cheap checks that fail before a run directory or a model exists (rewards were
+    resolved when the recipe was validated): a local model path is there."""
     check_model_source(recipe.model.name)
 
 
@@ -227,7 +232,11 @@ def run(
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)  # also seeds CUDA
 
-    # --- setup: model, reference, reward, data, optimiser --------------------------------
+    # --- setup: data, model, reference, reward, optimiser --------------------------------
+    # Data first, with the tokenizer alone: a bad source fails before a model loads.
+    tokenizer = load_tokenizer(recipe.model.name, announce)
+    _, splits = load_task(recipe.data, tokenizer, recipe.model.name, announce)
+    train_set, test_set = splits["train"], splits["test"][: recipe.data.eval_size]
     device = pick_device()
     source = str(resume_from) if resume_from else recipe.model.name
     model, tokenizer = load_policy(source, recipe.model.dtype, device, announce)
@@ -238,9 +247,8 @@ def run(
         if ref_model is None:
             ref_model, _ = load_policy(recipe.model.name, recipe.model.dtype, device, announce)
         ref_model.eval().requires_grad_(False)
-    reward_fn = rewards.get(recipe.reward)
-    train_set = load_examples(recipe.data.task, "train")
-    test_set = load_examples(recipe.data.task, "test")[: recipe.data.eval_size]
+    reward_fn = rewards.combine(recipe.reward_terms)
+    checker = rewards.checker(recipe.reward_terms)  # decides correct answers in evaluations
     optim = recipe.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
     warmup = optim.warmup_steps
@@ -288,7 +296,7 @@ def run(
         def evaluate(step: int) -> float:
             t0 = time.perf_counter()
             accuracy = greedy_accuracy(
-                model, tokenizer, test_set, reward_fn, max_new_tokens=recipe.rollout.max_new_tokens
+                model, tokenizer, test_set, checker, max_new_tokens=recipe.rollout.max_new_tokens
             )
             seconds = time.perf_counter() - t0
             log(

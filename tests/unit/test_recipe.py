@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gspo_cli.errors import RecipeError
 from gspo_cli.recipe import DEFAULT_CLIP, Recipe, load_recipe, validate, warnings_for
@@ -143,3 +144,129 @@ def test_every_shipped_recipe_validates() -> None:
     assert paths, "no recipes found"
     for path in paths:
         assert isinstance(load_recipe(path), Recipe), path
+
+
+# --- data section and rewards ----------------------------------------------------------------
+
+
+def test_task_defaults_fill_fields_instruction_and_reward() -> None:
+    """Unset fields, instruction and reward follow the task; explicit values win."""
+    recipe = load_recipe(None, ["data.task=gsm8k", "data.source=openai/gsm8k"])
+    assert (recipe.data.prompt_field, recipe.data.answer_field) == ("question", "answer")
+    assert "####" in recipe.data.instruction and recipe.reward == "gsm8k"
+    assert load_recipe(None, ["data.task=countdown"]).reward == "countdown"
+    assert load_recipe(None, ["data.task=math", "data.source=x/y"]).reward == "math_boxed"
+    explicit = load_recipe(
+        None, ["data.task=gsm8k", "data.source=a/b", "reward=gsm8k_flexible", "data.instruction="]
+    )
+    assert (explicit.reward, explicit.data.instruction) == ("gsm8k_flexible", "")
+    default = load_recipe(None)
+    assert (default.reward, default.data.instruction, default.data.source) == ("exact", "", None)
+
+
+@pytest.mark.parametrize(
+    ("sets", "fragment"),
+    [
+        (["data.task=gsm8k"], "data.source: task gsm8k reads a dataset"),
+        (["data.source=x.jsonl"], "the addition task is generated in code"),
+        (["data.config=main"], "data.config: a configuration needs a data.source"),
+        (["data.task=custom", "data.source=d.jsonl"], "task custom has no default field names"),
+        (
+            ["data.task=gsm8k", "data.source=a/b", "data.test_split=train"],
+            "would score examples the policy trained on",
+        ),
+    ],
+)
+def test_data_settings_that_contradict_each_other(sets: list[str], fragment: str) -> None:
+    """A task, its source and its fields must fit together."""
+    with pytest.raises(RecipeError) as info:
+        load_recipe(None, sets)
+    assert any(fragment in p for p in info.value.problems), info.value.problems
+
+
+def test_weighted_reward_list() -> None:
+    """reward: [{name, weight}, ...] validates, and a plain name still works."""
+    recipe = validate({"reward": [{"name": "exact"}, {"name": "format_gsm8k", "weight": 0.1}]})
+    assert recipe.reward_terms == (("exact", 1.0), ("format_gsm8k", 0.1))
+    assert validate({"reward": "exact"}).reward_terms == (("exact", 1.0),)
+
+
+def test_reward_errors_are_collected_with_the_rest() -> None:
+    """Unknown rewards, bad weights and misspelt keys are listed together, each at its path."""
+    raw = {
+        "reward": [{"name": "nope"}, {"name": "exact", "weight": "heavy"}, {"nam": "x"}],
+        "rollout": {"group_size": 1},
+    }
+    with pytest.raises(RecipeError) as info:
+        validate(raw)
+    problems = info.value.problems
+    paths = sorted(p.split(":")[0] for p in problems)
+    assert paths == ["reward.1.weight", "reward.2.nam", "reward.2.name", "rollout.group_size"], (
+        problems
+    )
+    assert any("did you mean 'name'" in p for p in problems), problems
+    with pytest.raises(RecipeError, match="unknown reward 'nope'"):
+        validate({"reward": [{"name": "nope"}]})
+    with pytest.raises(RecipeError, match="expected a reward name or a list"):
+        validate({"reward": 3})
+
+
+def test_unimportable_user_reward_is_a_recipe_error() -> None:
+    """`module:function` that cannot be imported fails at load time, before any model."""
+    with pytest.raises(RecipeError, match=r"cannot import module 'no_such_pkg_xyz\.rewards'"):
+        load_recipe(None, ["reward=no_such_pkg_xyz.rewards:score"])
+
+
+def test_reward_of_another_task_warns() -> None:
+    """gsm8k data checked with exact is legal but almost surely a mistake."""
+    recipe = load_recipe(None, ["data.task=gsm8k", "data.source=a/b", "reward=exact"])
+    assert any("whose own checker is gsm8k" in n for n in warnings_for(recipe))
+
+
+def recipe_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every leaf key of the recipe schema, dotted."""
+    keys = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += recipe_keys(annotation, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def test_readme_documents_every_recipe_key() -> None:
+    """Each key of the schema has a row in the README's recipe reference."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Recipe reference", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([\w.]+)` \|", section, re.M))
+    keys = set(recipe_keys(Recipe))
+    assert keys - documented == set(), keys - documented
+    assert documented - keys == set(), documented - keys
+    # A guard on growth (style: no god-config): raise it only with a reason in the CHANGELOG.
+    assert len(keys) <= 40, f"{len(keys)} recipe leaves: keep the schema small"
+
+
+def test_grpo_twin_differs_only_in_the_algorithm() -> None:
+    """qwen3_math_grpo.yaml is qwen3_math.yaml with GRPO and its clip range (and its name)."""
+    gspo = load_recipe(REPO / "recipes" / "qwen3_math.yaml").model_dump()
+    grpo = load_recipe(REPO / "recipes" / "qwen3_math_grpo.yaml").model_dump()
+    assert (gspo["algo"]["mode"], grpo["algo"]["mode"]) == ("gspo", "grpo")
+    assert (grpo["algo"]["clip_low"], grpo["algo"]["clip_high"]) == DEFAULT_CLIP["grpo"]
+    assert (gspo["algo"]["clip_low"], gspo["algo"]["clip_high"]) == DEFAULT_CLIP["gspo"]
+    for recipe in (gspo, grpo):
+        del recipe["name"]
+        for key in ("mode", "clip_low", "clip_high"):
+            del recipe["algo"][key]
+    assert gspo == grpo
+    qwen = load_recipe(REPO / "recipes" / "qwen3_math.yaml")
+    assert qwen.rollout.group_size >= 8 and qwen.algo.minibatches == 4
+    assert qwen.algo.kl_beta == 0 and qwen.data.task == "gsm8k"
+
+
+def test_null_fields_in_a_resolved_recipe_take_the_new_tasks_defaults() -> None:
+    """A run's recipe.yaml spells out null fields; switching its task fills them again."""
+    resolved = load_recipe(None).model_dump(mode="json")
+    resolved["data"].update(task="gsm8k", source="a/b")
+    recipe = validate(resolved)
+    assert (recipe.data.prompt_field, recipe.data.answer_field) == ("question", "answer")

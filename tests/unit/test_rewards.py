@@ -51,7 +51,8 @@ def test_get_unknown_name_lists_known_rewards(monkeypatch: pytest.MonkeyPatch) -
         get("exactt")
     message = str(info.value)
     assert "'exactt'" in message, message
-    assert "b_other, exact" in message, message
+    assert ", ".join(sorted(REGISTRY)) in message, message
+    assert "package.module:function" in message, message
 
 
 # --- score -----------------------------------------------------------------------------------

@@ -1,18 +1,46 @@
-"""Reward functions, registered by name.
+"""Reward functions, registered by name, and their safe application to a batch.
 
-Every reward is a pure function `fn(completion: str, reference: str) -> float`;
-`get(name)` returns it, and `score` applies one to a batch and refuses anything that
-is not a finite number, naming the reward and the input.
+Every reward is a pure function `fn(completion: str, reference: str) -> float`; `get(name)`
+returns a registered one, or a user's own written as `package.module:function`. A recipe
+may combine several with weights (`combine`); the first one is the *checker* that decides
+whether an answer is correct (accuracy, pass@k). `score` applies a reward to a batch and
+refuses anything that raises or is not a finite number, naming the reward and the input:
+a broken reward stops the run rather than silently scoring 0.
+
+| name | 1.0 when |
+|---|---|
+| `exact` | the stripped completion equals the stripped reference |
+| `gsm8k` | the last `#### <number>` equals the reference number (strict) |
+| `gsm8k_flexible` | the completion's last number equals the reference number |
+| `math_boxed` | the last balanced `\\boxed{}` equals the reference after normalisation |
+| `countdown` | the last `<answer>` expression uses each number once and hits the target |
+| `format_gsm8k`, `format_boxed`, `format_answer_tag` | the answer is stated in that form |
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Sequence
 
 from gspo_cli.errors import RewardError, UserError
+from gspo_cli.rewards.countdown import countdown, extract_answer_tag
+from gspo_cli.rewards.format import format_answer_tag, format_boxed, format_gsm8k
+from gspo_cli.rewards.math_answers import (
+    extract_boxed,
+    extract_gsm8k,
+    extract_last_number,
+    gsm8k,
+    gsm8k_flexible,
+    math_boxed,
+)
 
 RewardFn = Callable[[str, str], float]
+Extractor = Callable[[str], str | None]
+Terms = Sequence[tuple[str, float]]  # (reward name, weight)
 
 
 def exact(completion: str, reference: str) -> float:
@@ -24,33 +52,131 @@ def exact(completion: str, reference: str) -> float:
     return 1.0 if completion.strip() == reference.strip() else 0.0
 
 
-REGISTRY: dict[str, RewardFn] = {"exact": exact}
+def _stripped(completion: str) -> str | None:
+    return completion.strip()
+
+
+REGISTRY: dict[str, RewardFn] = {
+    "exact": exact,
+    "gsm8k": gsm8k,
+    "gsm8k_flexible": gsm8k_flexible,
+    "math_boxed": math_boxed,
+    "countdown": countdown,
+    "format_gsm8k": format_gsm8k,
+    "format_boxed": format_boxed,
+    "format_answer_tag": format_answer_tag,
+}
+
+# The answer each checker reads from a completion: shown in samples.jsonl and voted on by maj@N.
+EXTRACTORS: dict[str, Extractor] = {
+    "exact": _stripped,
+    "gsm8k": extract_gsm8k,
+    "gsm8k_flexible": extract_last_number,
+    "math_boxed": extract_boxed,
+    "countdown": extract_answer_tag,
+}
+
+
+def _import_reward(spec: str) -> RewardFn:
+    """A user's reward `package.module:function`, imported from the installed packages or the
+    current directory; a UserError saying what is wrong otherwise."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise UserError(f"reward {spec!r}: write a user reward as package.module:function")
+    if os.getcwd() not in sys.path:  # `gspo` (a console script) does not put it there itself
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(
+            f"reward {spec!r}: cannot import module {module_name!r} ({exc}); make it importable "
+            "from the current directory or install it"
+        ) from None
+    except Exception as exc:
+        raise UserError(
+            f"reward {spec!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}"
+        ) from None
+    fn = getattr(module, attribute, None)
+    if not callable(fn):
+        what = "has no" if fn is None else "has a non-callable"
+        raise UserError(
+            f"reward {spec!r}: module {module_name!r} {what} {attribute!r}; name a function "
+            "fn(completion: str, reference: str) -> float"
+        )
+    try:
+        inspect.signature(fn).bind("completion", "reference")
+    except TypeError:
+        raise UserError(
+            f"reward {spec!r}: {attribute}{inspect.signature(fn)} cannot be called as "
+            "fn(completion, reference)"
+        ) from None
+    except ValueError:  # no signature to inspect (some builtins): trust it
+        pass
+    return fn  # type: ignore[no-any-return]
 
 
 def get(name: str) -> RewardFn:
-    """The registered reward called `name`."""
-    try:
+    """The registered reward called `name`, or a user's `package.module:function`."""
+    if name in REGISTRY:
         return REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(REGISTRY))
-        raise UserError(f"unknown reward {name!r}: known rewards are {known}") from None
+    if ":" in name:
+        return _import_reward(name)
+    known = ", ".join(sorted(REGISTRY))
+    raise UserError(
+        f"unknown reward {name!r}: known rewards are {known}, or name your own function "
+        "as package.module:function"
+    )
+
+
+def extractor(name: str) -> Extractor:
+    """How reward `name` reads the answer from a completion (the stripped text when it has no
+    extractor of its own, e.g. a user's reward)."""
+    return EXTRACTORS.get(name, _stripped)
+
+
+def label(terms: Terms) -> str:
+    """A short name for a reward spec: `gsm8k`, or `gsm8k + 0.1*format_gsm8k`."""
+    return " + ".join(name if weight == 1 else f"{weight:g}*{name}" for name, weight in terms)
+
+
+def call(fn: RewardFn, name: str, completion: str, reference: str) -> float:
+    """`fn(completion, reference)` as a float; a RewardError naming the reward and the input
+    when it raises or returns something that is not a finite number."""
+    try:
+        value = fn(completion, reference)
+    except RewardError:
+        raise
+    except Exception as exc:
+        raise RewardError(
+            f"reward {name!r} raised {type(exc).__name__}: {exc} "
+            f"on completion={completion!r}, reference={reference!r}"
+        ) from exc
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise RewardError(
+            f"reward {name!r} returned {value!r}, not a finite number, "
+            f"on completion={completion!r}, reference={reference!r}"
+        )
+    return float(value)
+
+
+def combine(terms: Terms) -> RewardFn:
+    """One reward from weighted terms: Σ weight · reward. A single term of weight 1 is the
+    reward itself; in a sum each term is checked separately, so an error names the term."""
+    resolved = [(name, get(name), weight) for name, weight in terms]
+    if len(resolved) == 1 and resolved[0][2] == 1:
+        return resolved[0][1]
+
+    def weighted(completion: str, reference: str) -> float:
+        return sum(w * call(fn, name, completion, reference) for name, fn, w in resolved)
+
+    return weighted
+
+
+def checker(terms: Terms) -> RewardFn:
+    """The reward that decides correctness: the first term, unweighted (reward 1.0 = correct)."""
+    return get(terms[0][0])
 
 
 def score(fn: RewardFn, name: str, completions: list[str], references: list[str]) -> list[float]:
     """Rewards for a batch; a reward that raises or returns a non-finite value stops the run."""
-    rewards: list[float] = []
-    for completion, reference in zip(completions, references, strict=True):
-        try:
-            value = fn(completion, reference)
-        except Exception as exc:
-            raise RewardError(
-                f"reward {name!r} raised {type(exc).__name__}: {exc} "
-                f"on completion={completion!r}, reference={reference!r}"
-            ) from exc
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            raise RewardError(
-                f"reward {name!r} returned {value!r}, not a finite number, "
-                f"on completion={completion!r}, reference={reference!r}"
-            )
-        rewards.append(float(value))
-    return rewards
+    return [call(fn, name, c, r) for c, r in zip(completions, references, strict=True)]
