@@ -83,3 +83,15 @@ def warm_tiny(_isolated_cache: None) -> Path:
     from gspo_cli.tiny import ensure_tiny_model
 
     return ensure_tiny_model(lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module: the tiny model's matrices are too small for more to
+    help, and on shared cores extra threads only add contention."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -28,13 +28,7 @@ from gspo_cli.tiny import build_model, build_tokenizer
 STAMP_RE = r"\d{8}-\d{6}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: the model is tiny, and extra threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

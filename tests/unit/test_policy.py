@@ -8,7 +8,6 @@ reference that runs the model on one unpadded sequence at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +49,7 @@ def _load(path: Path | str, dtype: str = "float32") -> tuple[Any, Any]:
     return model, tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: these matrices are tiny, and extra threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +59,7 @@ def untrained(tiny_model_dir: Path) -> tuple[Any, Any]:
 
 
 @pytest.fixture(scope="module")
-def stopping(tiny_model_dir: Path, _one_thread: None) -> tuple[Any, Any]:
+def stopping(tiny_model_dir: Path, one_thread: None) -> tuple[Any, Any]:
     """A tiny Qwen3 overfitted to TARGETS, so greedy decoding stops (or not) where we say."""
     model, tokenizer = _load(tiny_model_dir)
     rows = [
