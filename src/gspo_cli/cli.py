@@ -31,6 +31,7 @@ from gspo_cli import __version__
 from gspo_cli.errors import GspoError, Interrupted, RecipeError, UserError
 
 if TYPE_CHECKING:
+    from gspo_cli.compare import AlgoSummary, PlannedRun
     from gspo_cli.recipe import Recipe
 
 app = typer.Typer(
@@ -535,7 +536,7 @@ def compare(
         report = comparing.write_report(
             out_dir, comparing.report_markdown(groups, command, problems, plots)
         )
-        console.print(_comparison_table(groups, comparing))
+        console.print(_comparison_table(groups))
         console.print(comparing.headline(groups), highlight=False)
         console.print(f"report {report}, plots {out_dir / comparing.SUMMARY_PNG}", highlight=False)
 
@@ -545,7 +546,9 @@ def _are_run_dirs(paths: list[Path]) -> bool:
     return len(paths) > 1 or any(p.is_dir() for p in paths)
 
 
-def _comparison_table(groups: Any, comparing: Any) -> Table:
+def _comparison_table(groups: list[AlgoSummary]) -> Table:
+    from gspo_cli import compare as comparing
+
     table = Table(title="GSPO / GRPO comparison (mean ± std over seeds)")
     table.add_column("algorithm")
     table.add_column("seeds")
@@ -593,7 +596,7 @@ def _run_comparison(
     return [p.run_dir for p in planned], out_dir, command
 
 
-def _train_one(planned: Any, label: str, command: str, quiet: bool) -> None:
+def _train_one(planned: PlannedRun, label: str, command: str, quiet: bool) -> None:
     """One run of a comparison: reused when finished, resumed or restarted when not."""
     from gspo_cli import compare as comparing
     from gspo_cli import train as trainer

@@ -538,7 +538,8 @@ def band(runs: Sequence[RunData], key: str, by_wall: bool, window: int = 1) -> B
     else:
         shared = sorted(set.intersection(*(set(xs) for xs, _ in curves)))
         grid = shared
-        columns = [[dict(zip(xs, ys, strict=True))[g] for g in grid] for xs, ys in curves]
+        lookups = [dict(zip(xs, ys, strict=True)) for xs, ys in curves]
+        columns = [[lookup[g] for g in grid] for lookup in lookups]
     at = list(zip(*columns, strict=True))
     return Band(
         tuple(grid),

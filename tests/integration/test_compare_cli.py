@@ -234,3 +234,29 @@ def test_unknown_algorithm_exits_2(calls: list[Call]) -> None:
     assert result.exit_code == 2
     assert "unknown algorithm 'ppo'" in result.output
     assert calls == []
+
+
+def test_interrupt_names_the_compare_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Ctrl-C during a run exits 130 and says how to resume the whole comparison."""
+    from gspo_cli.errors import Interrupted
+
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(recipe: Recipe, run_dir: Path, *_: Any, **__: Any) -> TrainSummary:
+        raise Interrupted(
+            f"stopped by SIGINT after step 1; checkpoint saved. Resume with: gspo train "
+            f"--resume {run_dir}",
+            "SIGINT",
+        )
+
+    monkeypatch.setattr(trainer, "run", interrupted)
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, [*compare_args(out), "--set", "train.steps=2", "-q"])
+    assert result.exit_code == 130, result.output
+    assert "stopped by SIGINT after step 1; checkpoint saved" in result.output
+    assert (
+        "Resume the comparison with: gspo compare --algos gspo grpo --seeds 0 1" in result.output
+    )
+    assert f"--out {out}" in result.output.replace("\n", "")

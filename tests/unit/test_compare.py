@@ -121,6 +121,15 @@ def test_headline_names_winner_and_clip_ratio(three_runs: list[Path]) -> None:
     assert "(200×)" in line, line
 
 
+def test_headline_tie_names_no_leader(tmp_path: Path) -> None:
+    """Equal final accuracy: no algorithm is said to lead."""
+    a = make_run(tmp_path, "a", "gspo", 0, [0.5], [0.1], {0: 0.2, 1: 0.4})
+    b = make_run(tmp_path, "b", "grpo", 0, [0.5], [0.1], {0: 0.2, 1: 0.4})
+    runs, _ = compare.load_runs([a, b])
+    line = compare.headline(compare.aggregate(runs))
+    assert "leads" not in line, line
+
+
 def test_format_stat() -> None:
     """± only with more than one seed; wall time without decimals; nothing for no values."""
     assert compare.format_stat(Stat(0.6, 0.1414, 0.5, 0.7, 2), "final_accuracy") == "0.600 ± 0.141"
