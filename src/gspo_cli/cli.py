@@ -452,15 +452,19 @@ class _ListOptionsCommand(typer.core.TyperCommand):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # a click Context
         out: list[str] = []
         current: str | None = None
+        empty = False  # the flag so far has no value: pass it bare, so click says so
         for arg in args:
-            if arg in self.list_options:
-                current = arg
-                continue
             if current is not None and not _ends_list(arg):
                 out += [current, arg]
+                empty = False
                 continue
-            current = None
-            out.append(arg)
+            if empty:
+                out.append(str(current))
+            current, empty = (arg, True) if arg in self.list_options else (None, False)
+            if current is None:
+                out.append(arg)
+        if empty:
+            out.append(str(current))
         return super().parse_args(ctx, out)
 
 

@@ -256,7 +256,34 @@ def test_interrupt_names_the_compare_command(
     result = runner.invoke(app, [*compare_args(out), "--set", "train.steps=2", "-q"])
     assert result.exit_code == 130, result.output
     assert "stopped by SIGINT after step 1; checkpoint saved" in result.output
-    assert (
-        "Resume the comparison with: gspo compare --algos gspo grpo --seeds 0 1" in result.output
-    )
+    assert "Resume the comparison with: gspo compare --algos gspo grpo --seeds 0 1" in result.output
     assert f"--out {out}" in result.output.replace("\n", "")
+
+
+@pytest.mark.parametrize(
+    ("args", "algos", "seeds"),
+    [
+        (["--algos", "grpo", "gspo", "--seeds", "3", "1"], ["grpo", "gspo"], [3, 1]),
+        (["--seeds", "2", "--algos", "grpo"], ["grpo"], [2]),
+        (["--algos", "gspo", "--algos", "grpo"], ["gspo", "grpo"], [0]),
+        ([], ["gspo", "grpo"], [0]),
+    ],
+)
+def test_list_options_take_several_values(
+    calls: list[Call], args: list[str], algos: list[str], seeds: list[int]
+) -> None:
+    """`--algos a b` and `--seeds 0 1` take several values after one flag; defaults otherwise."""
+    result = runner.invoke(app, ["compare", *args, "--set", "train.steps=1", "-q"])
+    assert result.exit_code == 0, result.output
+    assert [c.recipe.algo.mode for c in calls] == [a for a in algos for _ in seeds]
+    assert [c.recipe.seed for c in calls] == seeds * len(algos)
+
+
+def test_list_option_without_value_is_refused(calls: list[Call]) -> None:
+    """A bare --algos is an error (exit 2), not silently the default."""
+    result = runner.invoke(app, ["compare", "--algos"])
+    assert result.exit_code == 2
+    assert "--algos" in result.output
+    result = runner.invoke(app, ["compare", "--seeds", "--algos", "grpo"])
+    assert result.exit_code == 2
+    assert calls == []
