@@ -278,7 +278,10 @@ def expand_targets(targets: Sequence[Path]) -> list[Path]:
             if p.is_dir() and ((p / METRICS_FILE).exists() or (p / RECIPE_FILE).exists())
         )
         found += subruns or [target]
-    return found
+    first: dict[Path, Path] = {}  # a run named twice counts once
+    for path in found:
+        first.setdefault(path.resolve(), path)
+    return list(first.values())
 
 
 def load_runs(run_dirs: Sequence[Path]) -> tuple[list[RunData], list[str]]:

@@ -218,6 +218,8 @@ def test_expand_comparison_dir(three_runs: list[Path], tmp_path: Path) -> None:
     """A comparison directory stands for its run subdirectories."""
     assert compare.expand_targets([tmp_path]) == sorted(three_runs)
     assert compare.expand_targets(three_runs[:1]) == three_runs[:1]
+    twice = [three_runs[0], three_runs[1], three_runs[0]]
+    assert compare.expand_targets(twice) == three_runs[:2], "a run named twice counts once"
 
 
 def test_band_by_step_and_by_wall(three_runs: list[Path]) -> None:
