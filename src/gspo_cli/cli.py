@@ -554,7 +554,7 @@ def _comparison_table(groups: list[AlgoSummary]) -> Table:
     from gspo_cli import compare as comparing
 
     table = Table(title="GSPO / GRPO comparison (mean ± std over seeds)")
-    table.add_column("algorithm")
+    table.add_column("algorithm", no_wrap=True)
     table.add_column("seeds")
     for title in comparing.COLUMNS.values():
         table.add_column(title, justify="right")

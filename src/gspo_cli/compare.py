@@ -386,12 +386,13 @@ def _label(run: RunData, clips_by_mode: dict[str, set[tuple[float, float]]]) -> 
 
 
 def aggregate(runs: Sequence[RunData]) -> list[AlgoSummary]:
-    """Runs grouped by algorithm (in order of first appearance), each with stats over seeds."""
+    """Runs grouped by algorithm (gspo, gspo_token, grpo, then others), with stats over seeds."""
     clips: dict[str, set[tuple[float, float]]] = {}
     for run in runs:
         clips.setdefault(run.algo, set()).add(run.clip)
     groups: dict[str, list[RunData]] = {}
-    for run in runs:
+    modes = list(DEFAULT_CLIP)  # gspo, gspo_token, grpo: the same order (and colour) every time
+    for run in sorted(runs, key=lambda r: modes.index(r.algo) if r.algo in modes else len(modes)):
         groups.setdefault(_label(run, clips), []).append(run)
     result = []
     for label, members in groups.items():
@@ -499,6 +500,9 @@ PANELS: tuple[tuple[str, str, bool], ...] = (
 )
 
 
+COLORS = {"gspo": "C0", "grpo": "C1", "gspo_token": "C2"}  # matplotlib's default cycle
+
+
 def smooth(values: Sequence[float], window: int) -> list[float]:
     """Trailing moving average over `window` values (fewer at the start); nan is skipped.
 
@@ -521,47 +525,30 @@ class Band:
     high: tuple[float, ...]
 
 
-def _run_curve(run: RunData, key: str, by_wall: bool, window: int) -> tuple[list[float], ...]:
+def _run_curve(run: RunData, key: str, window: int) -> dict[int, tuple[float, float]]:
+    """step -> (training wall seconds at that step, value) for one run's metric."""
     if key == "eval_accuracy":
-        xs = run.eval_wall if by_wall else tuple(float(s) for s in run.eval_steps)
-        return list(xs), list(run.eval_accuracy)
-    xs = run.wall if by_wall else tuple(float(s) for s in run.train_steps)
-    return list(xs), smooth(run.series[key], window)
+        points = zip(run.eval_steps, run.eval_wall, run.eval_accuracy, strict=True)
+    else:
+        values = smooth(run.series[key], window)
+        points = zip(run.train_steps, run.wall, values, strict=True)
+    return {step: (wall, value) for step, wall, value in points}
 
 
 def band(runs: Sequence[RunData], key: str, by_wall: bool, window: int = 1) -> Band:
-    """Mean and min-max over runs: at the steps all runs share, or (by wall time) on a common
-    grid up to the shortest run's end, linearly interpolated."""
-    curves = [_run_curve(r, key, by_wall, window) for r in runs]
-    if by_wall:
-        end = min(xs[-1] for xs, _ in curves)
-        points = 200
-        grid = [end * i / (points - 1) for i in range(points)] if end > 0 else [0.0]
-        columns = [[_interp(g, xs, ys) for g in grid] for xs, ys in curves]
-    else:
-        shared = sorted(set.intersection(*(set(xs) for xs, _ in curves)))
-        grid = shared
-        lookups = [dict(zip(xs, ys, strict=True)) for xs, ys in curves]
-        columns = [[lookup[g] for g in grid] for lookup in lookups]
-    at = list(zip(*columns, strict=True))
+    """Mean and min-max over runs at the steps they all share. Against wall time, a step's x is
+    the mean over runs of the training seconds each took to reach it, so every curve runs to
+    its end even when one seed ran slower."""
+    curves = [_run_curve(r, key, window) for r in runs]
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    at = [[c[s][1] for c in curves] for s in steps]
+    xs = [_mean([c[s][0] for c in curves]) if by_wall else float(s) for s in steps]
     return Band(
-        tuple(grid),
+        tuple(xs),
         tuple(_mean(v) for v in at),
         tuple(min(_finite(v), default=math.nan) for v in at),
         tuple(max(_finite(v), default=math.nan) for v in at),
     )
-
-
-def _interp(x: float, xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Linear interpolation of (xs, ys) at x; xs ascending; clamped at the ends."""
-    if x <= xs[0]:
-        return ys[0]
-    for i in range(1, len(xs)):
-        if x <= xs[i]:
-            span = xs[i] - xs[i - 1]
-            t = (x - xs[i - 1]) / span if span > 0 else 1.0
-            return ys[i - 1] + t * (ys[i] - ys[i - 1])
-    return ys[-1]
 
 
 def _draw(ax: Any, groups: Sequence[AlgoSummary], key: str, log: bool, by_wall: bool) -> None:
@@ -571,7 +558,8 @@ def _draw(ax: Any, groups: Sequence[AlgoSummary], key: str, log: bool, by_wall: 
         steps = min(len(r.train_steps) for r in group.runs)
         window = 1 if key == "eval_accuracy" else max(1, steps // 50)
         b = band(group.runs, key, by_wall, window)
-        color = f"C{i}"
+        mode = group.runs[0].algo
+        color = COLORS.get(mode, f"C{i + len(COLORS)}")
         seeds = f"{len(group.runs)} seed{'s' if len(group.runs) > 1 else ''}"
         marker = "o" if key == "eval_accuracy" and len(b.x) < 30 else None
         ax.plot(b.x, b.mean, color=color, marker=marker, ms=3, label=f"{group.label} ({seeds})")

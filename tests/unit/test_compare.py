@@ -230,11 +230,23 @@ def test_band_by_step_and_by_wall(three_runs: list[Path]) -> None:
     assert b.mean == pytest.approx((0.2, 0.5, 0.6))
     assert (b.low, b.high) == (pytest.approx((0.2, 0.4, 0.5)), pytest.approx((0.2, 0.6, 0.7)))
     w = compare.band(runs, "eval_accuracy", by_wall=True)
-    assert w.x[0] == 0.0 and w.x[-1] == pytest.approx(20.0), "10 steps × 2 s"
-    assert w.mean[-1] == pytest.approx(0.6)
-    # at 10 s (step 5) both seeds evaluated: the grid point nearest 10 s is close to 0.5
-    middle = min(range(len(w.x)), key=lambda i: abs(w.x[i] - 10.0))
-    assert w.mean[middle] == pytest.approx(0.5, abs=0.01)
+    assert w.x == pytest.approx((0.0, 10.0, 20.0)), "steps 0, 5, 10 at 2 s per step"
+    assert w.mean == b.mean
+
+
+def test_band_wall_is_mean_over_seeds(tmp_path: Path) -> None:
+    """Against wall time a step sits at the mean of the seeds' cumulative step_s."""
+    slow = make_run(tmp_path, "slow", "gspo", 1, [0.2, 0.4], [0.1, 0.1], {0: 0.1, 2: 0.3})
+    lines = (slow / "metrics.jsonl").read_text().replace('"step_s": 2.0', '"step_s": 4.0')
+    (slow / "metrics.jsonl").write_text(lines)
+    fast = make_run(tmp_path, "fast", "gspo", 0, [0.4, 0.6], [0.1, 0.1], {0: 0.1, 2: 0.5})
+    runs, _ = compare.load_runs([fast, slow])
+    w = compare.band(runs, "reward_mean", by_wall=True)
+    assert w.x == pytest.approx((3.0, 6.0)), "(2 + 4) / 2 and (4 + 8) / 2"
+    assert w.mean == pytest.approx((0.3, 0.5))
+    assert (w.low, w.high) == (pytest.approx((0.2, 0.4)), pytest.approx((0.4, 0.6)))
+    e = compare.band(runs, "eval_accuracy", by_wall=True)
+    assert e.x == pytest.approx((0.0, 6.0)) and e.mean == pytest.approx((0.1, 0.4))
 
 
 def test_smooth() -> None:
