@@ -40,7 +40,8 @@ def test_compare_trains_both_algorithms_then_reuses_them(warm_tiny: Path, tmp_pa
     report = (out / "report.md").read_text()
     assert "| gspo | 0 |" in report and "| grpo | 0 |" in report, report
     assert (out / "summary.png").read_bytes()[:8] == PNG_MAGIC
-    assert "final acc" in result.stdout and "clip fraction" in result.stdout, result.stdout
+    assert "GSPO / GRPO comparison" in result.stdout, result.stdout  # the table
+    assert "final eval accuracy" in result.stdout and "clip fraction" in result.stdout
 
     started = time.perf_counter()
     again = run_cli(*args, sets=SMALL)
