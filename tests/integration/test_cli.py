@@ -121,14 +121,6 @@ def test_out_directory_holding_a_run_is_refused(captured: list[Recipe], tmp_path
     assert captured == []
 
 
-@pytest.mark.parametrize("command", ["compare"])
-def test_unfinished_commands_say_so(command: str) -> None:
-    """Commands that do not exist yet fail loudly instead of pretending to work."""
-    result = runner.invoke(app, [command, "anything"])
-    assert result.exit_code == 1
-    assert "not yet available" in result.output
-
-
 def test_version() -> None:
     """--version prints the package version."""
     from gspo_cli import __version__
