@@ -222,23 +222,32 @@ def train(
         if resume is not None and out is not None:
             raise UserError("--out and --resume exclude each other: --resume writes into RUN_DIR")
         loaded = _load(recipe, set_) if resume is None else _load_for_resume(resume, recipe, set_)
-        launched = int(os.environ.get("WORLD_SIZE", "1"))
-        if nproc > 1 and "WORLD_SIZE" not in os.environ:
-            from gspo_cli.recipe import check_world_size
-
-            check_world_size(loaded, nproc)  # before starting any process
-            args = _forwarded(recipe, set_, out, resume, quiet)
-            _exec_torchrun(nproc, args)
-        if nproc > 1 and nproc != launched:
+        launched = _torchrun_world_size()  # None: not started by torchrun
+        if launched is not None and nproc > 1 and nproc != launched:
             raise UserError(
                 f"--nproc {nproc} but torchrun started {launched} processes (WORLD_SIZE); drop "
                 "--nproc when launching with torchrun yourself"
             )
+        from gspo_cli.recipe import check_world_size
+
+        check_world_size(loaded, launched or nproc)  # before any process starts
+        if launched is None and nproc > 1:
+            _exec_torchrun(nproc, _forwarded(recipe, set_, out, resume, quiet))
         _prepare_runtime()
         from gspo_cli import distributed
 
         with distributed.session(distributed.from_env()) as cluster:
             _train_here(loaded, out, resume, quiet, cluster)
+
+
+def _torchrun_world_size() -> int | None:
+    """WORLD_SIZE as torchrun sets it, or None outside torchrun."""
+    text = os.environ.get("WORLD_SIZE")
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"WORLD_SIZE={text!r} is not a positive integer")
+    return int(text)
 
 
 def _forwarded(

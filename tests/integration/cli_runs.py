@@ -42,21 +42,47 @@ def cli_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def run_cli(*args: str, sets: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    """`gspo ARGS --set ...` in a subprocess; returns the finished process."""
+def run_cli(
+    *args: str, sets: tuple[str, ...] = (), dump: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`gspo ARGS --set ...` in a subprocess; returns the finished process. With `dump`, the
+    run writes its debug dump (GSPO_DEBUG_DUMP) there."""
+    env = cli_env() | ({"GSPO_DEBUG_DUMP": str(dump)} if dump is not None else {})
     return subprocess.run(
         cli_args(*args, sets=sets),
         capture_output=True,
         text=True,
-        env=cli_env(),
+        env=env,
         timeout=300,
         check=False,
     )
 
 
-def train(out: Path, *sets: str) -> subprocess.CompletedProcess[str]:
+def train(out: Path, *sets: str, dump: Path | None = None) -> subprocess.CompletedProcess[str]:
     """`gspo train --quiet --out OUT --set ...`."""
-    return run_cli("train", "--quiet", "--out", str(out), sets=sets)
+    return run_cli("train", "--quiet", "--out", str(out), sets=sets, dump=dump)
+
+
+def torchrun(
+    nproc: int, *args: str, sets: tuple[str, ...] = (), dump: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`torchrun --standalone --nproc_per_node N -m gspo_cli ARGS --set ...` on CPU (gloo),
+    one thread per process; with `dump`, every rank writes its debug dump there."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        *cli_args(*args, sets=sets)[1:],
+    ]
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
+    if dump is not None:
+        env["GSPO_DEBUG_DUMP"] = str(dump)
+    return subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=180, check=False
+    )
 
 
 def without_timing(rows: list[dict[str, object]]) -> list[dict[str, object]]:
