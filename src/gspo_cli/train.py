@@ -171,6 +171,7 @@ def accumulate_gradients(
     gathered = torch.zeros(n, t, device=gen.input_ids.device)  # [n, T]
     budget = recipe.train.microbatch_tokens
     plans = microbatch.plan(gen.attention_mask, gen.completion_mask, rows[mine], budget)
+    passes = distributed.max_int(cluster, len(plans))  # before any pass: collectives pair up
     for mb in plans:
         logprobs = completion_logprobs(
             model,
@@ -183,7 +184,7 @@ def accumulate_gradients(
         loss, _, _ = _objective(logprobs, batch, mb.rows, recipe)
         (loss * (len(mb.rows) * cluster.world_size / n)).backward()  # type: ignore[no-untyped-call]
         gathered[mine[mb.positions], : mb.completion_len] = logprobs.detach().float()
-    for _ in range(distributed.max_int(cluster, len(plans)) - len(plans)):
+    for _ in range(passes - len(plans)):
         _idle_pass(model, gen, owned.start)
     distributed.all_reduce(cluster, gathered)  # each row is filled on exactly one rank
     with torch.no_grad():

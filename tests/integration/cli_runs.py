@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # A few quick steps: 4 prompts × 4 completions, 2 minibatches.
@@ -68,6 +69,18 @@ def torchrun(
 ) -> subprocess.CompletedProcess[str]:
     """`torchrun --standalone --nproc_per_node N -m gspo_cli ARGS --set ...` on CPU (gloo),
     one thread per process; with `dump`, every rank writes its debug dump there."""
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
+    if dump is not None:
+        env["GSPO_DEBUG_DUMP"] = str(dump)
+    module = cli_args(*args, sets=sets)[1:]  # -m gspo_cli ARGS
+    return run_torchrun(nproc, module, env)
+
+
+def run_torchrun(
+    nproc: int, target: list[str], env: dict[str, str], timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """torchrun TARGET; a run past `timeout` gets SIGTERM, on which torchrun stops its
+    workers, so a hang fails the test without leaving processes behind."""
     command = [
         sys.executable,
         "-m",
@@ -75,16 +88,20 @@ def torchrun(
         "--standalone",
         "--nproc_per_node",
         str(nproc),
-        *cli_args(*args, sets=sets)[1:],
+        *target,
     ]
-    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
-    if dump is not None:
-        env["GSPO_DEBUG_DUMP"] = str(dump)
-    return subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=180, check=False
-    )
-
-
-def without_timing(rows: list[dict[str, object]]) -> list[dict[str, object]]:
-    """Rows with wall-clock keys removed, for comparing runs."""
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
+        try:
+            proc.wait(timeout=timeout)
+            hung = False
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait(timeout=60)
+            hung = True
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if hung:
+        raise AssertionError(f"torchrun ran over {timeout} s: {(stdout + stderr)[-3000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)

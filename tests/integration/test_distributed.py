@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,15 @@ from transformers import AutoModelForCausalLM
 
 from gspo_cli.metrics import read_metrics
 
-from cli_runs import SMALL, cli_env, run_cli, torchrun, train, without_timing
+from cli_runs import SMALL, cli_env, run_cli, run_torchrun, torchrun, train, without_timing
 
 HERE = Path(__file__).resolve().parent
 TOLERANCE = 1e-5  # fp32; measured differences are ~2e-7
 G = 4  # rollout.group_size in SMALL
 PROMPTS = 4  # rollout.prompts_per_step in SMALL
+# SMALL, plus micro-batches of about 2 rows (so ranks holding different numbers of a
+# minibatch's rows run different numbers of passes) and a KL term (a second sharded model).
+SETS = (*SMALL, "train.microbatch_tokens=24", "algo.kl_beta=0.05")
 # Values fixed by the sampled completions: equal exactly when the samples are.
 SAMPLED_KEYS = (
     "reward_mean",
@@ -65,10 +67,10 @@ def tail(result: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.fixture(scope="module")
 def one_process(warm_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The reference: the SMALL run in one process, with its debug dump."""
+    """The reference: the SETS run in one process, with its debug dump."""
     root = tmp_path_factory.mktemp("one-process")
     out, dump = root / "run", root / "dump"
-    result = train(out, *SMALL, dump=dump)
+    result = train(out, *SETS, dump=dump)
     assert result.returncode == 0, tail(result)
     return out, dump
 
@@ -80,7 +82,7 @@ def test_two_processes_train_exactly_as_one(one_process: tuple[Path, Path], tmp_
     and the ranks' prompts add up to the step's; rank 0's checkpoint is a plain HF model."""
     one_out, one_dump = one_process
     out, dump = tmp_path / "run", tmp_path / "dump"
-    result = torchrun(2, "train", "--quiet", "--out", str(out), sets=SMALL, dump=dump)
+    result = torchrun(2, "train", "--quiet", "--out", str(out), sets=SETS, dump=dump)
     assert result.returncode == 0, tail(result)
     assert result.stdout.count("run finished") == 1, "only rank 0 prints"
 
@@ -125,7 +127,7 @@ def test_two_process_run_resumes_with_two_processes(
     one-process 3-step run does. Resuming it with 1 process is refused (exit 2)."""
     one_out, _ = one_process
     out = tmp_path / "run"
-    first = torchrun(2, "train", "--quiet", "--out", str(out), sets=(*SMALL, "train.steps=2"))
+    first = torchrun(2, "train", "--quiet", "--out", str(out), sets=(*SETS, "train.steps=2"))
     assert first.returncode == 0, tail(first)
     before = (out / "metrics.jsonl").read_text()
 
@@ -147,20 +149,9 @@ def test_ranks_decoding_different_lengths_do_not_hang(tiny_model_dir: Path) -> N
     """Rank 0 decodes 2 tokens and rank 1 twelve from one sharded model, then both train a
     step and exit cleanly: generation runs on whole (unsharded) weights, with no collective
     for a rank that is done to wait on."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(HERE / "dist_worker.py"),
-        str(tiny_model_dir),
-    ]
     env = {**cli_env(), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        command, capture_output=True, text=True, env=env, timeout=120, check=False
-    )
+    target = [str(HERE / "dist_worker.py"), str(tiny_model_dir)]
+    result = run_torchrun(2, target, env, timeout=120)
     assert result.returncode == 0, tail(result)
     lines = sorted(line for line in result.stdout.splitlines() if "decoded" in line)
     assert len(lines) == 2, result.stdout
