@@ -6,11 +6,15 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
   metrics.jsonl                one row per training step and per evaluation
   checkpoints/step_000400/     Hugging Face model directory (safetensors + tokenizer)
     trainer_state.pt           optimiser, scheduler, RNG states, data position
+    optimizer/                 N processes: optimiser shards, one per rank (torch DCP format)
+    rng/rank0.pt ...           N processes: each rank's RNG states
     manifest.json              written last: a checkpoint without it is incomplete
   final/                       the last policy, Hugging Face format
 ```
 Every file and directory is written under a temporary name and renamed when complete,
-so a crash never leaves a half-written one under its real name.
+so a crash never leaves a half-written one under its real name. With N processes every
+rank writes its own files into rank 0's staging directory; rank 0 writes the manifest
+once all have finished, then renames.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from typing import Any
 
 import torch
 
+from gspo_cli import distributed
+from gspo_cli.distributed import SINGLE, Cluster
 from gspo_cli.errors import CheckpointError, UserError
 
 RECIPE_FILE = "recipe.yaml"
@@ -35,6 +41,8 @@ FINAL_DIR = "final"
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.pt"
 MANIFEST_FILE = "manifest.json"
+OPTIMIZER_DIR = "optimizer"
+RNG_DIR = "rng"
 
 
 def _umask() -> int:
@@ -128,24 +136,36 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, model: Any, tokenizer: Any, state: dict[str, Any], keep_last: int
+    run_dir: Path,
+    step: int,
+    write: Callable[[Path], None],
+    keep_last: int,
+    cluster: Cluster = SINGLE,
 ) -> Path:
-    """Write a complete checkpoint (model, tokenizer, trainer state, manifest) atomically,
-    then delete all but the newest `keep_last` complete checkpoints."""
+    """Write a complete checkpoint atomically, then delete all but the newest `keep_last`
+    complete checkpoints. `write(directory)` runs on every rank and writes that rank's files
+    (collectives inside it are fine: every rank calls it once); rank 0 then adds the manifest
+    and renames the directory into place."""
     target = checkpoint_dir(run_dir, step)
-    with _staged_dir(target) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        torch.save(state, staging / STATE_FILE)
-        manifest = {
-            "step": step,
-            "files": sorted(p.name for p in staging.iterdir()),
-            "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "torch": torch.__version__,
-        }
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    for old in complete_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    if cluster.is_main:
+        with _staged_dir(target) as staging:
+            distributed.broadcast(cluster, str(staging))
+            write(staging)
+            distributed.barrier(cluster)  # every rank's files are complete
+            manifest = {
+                "step": step,
+                "world_size": cluster.world_size,
+                "files": sorted(p.name for p in staging.iterdir()),
+                "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "torch": torch.__version__,
+            }
+            (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        for old in complete_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        write(Path(distributed.broadcast(cluster, "")))
+        distributed.barrier(cluster)
+    distributed.barrier(cluster)  # nobody reads or prunes before the rename
     return target
 
 
@@ -198,7 +218,7 @@ def link_final(checkpoint: Path, run_dir: Path) -> Path:
     target = run_dir / FINAL_DIR
     with _staged_dir(target) as staging:
         for item in checkpoint.iterdir():
-            if item.name in (STATE_FILE, MANIFEST_FILE) or not item.is_file():
+            if item.name in (STATE_FILE, MANIFEST_FILE) or not item.is_file():  # model files only
                 continue
             try:
                 os.link(item, staging / item.name)

@@ -8,11 +8,12 @@ mistake, 1 for a runtime failure) and the only one that prints with Rich. Heavy 
 from __future__ import annotations
 
 import os
+import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 import typer.core
@@ -32,7 +33,10 @@ from gspo_cli.errors import GspoError, Interrupted, RecipeError, UserError
 
 if TYPE_CHECKING:
     from gspo_cli.compare import AlgoSummary, PlannedRun
+    from gspo_cli.distributed import Cluster
     from gspo_cli.recipe import Recipe
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="gspo",
@@ -90,6 +94,12 @@ def _user_errors() -> Iterator[None]:
             if isinstance(exc, Interrupted)
             else "[bold red]error:[/]"
         )
+        rank = os.environ.get("RANK", "0")
+        if rank != "0" and not isinstance(exc, UserError | Interrupted):
+            # A runtime failure on one rank (e.g. a reward raising on its prompts): only it
+            # knows; every rank shares the user errors and interruptions rank 0 reports.
+            label = f"rank {rank}: {label}"
+            Console(stderr=True, soft_wrap=True).print(f"{label} {exc}", highlight=False)
         err_console.print(f"{label} {exc}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
 
@@ -175,6 +185,18 @@ class _TrainView:
         )
 
 
+NprocOpt = Annotated[
+    int,
+    typer.Option(
+        "--nproc",
+        min=1,
+        help="Train on N processes of this machine (one per GPU; gloo on CPU) by starting "
+        "`torchrun --standalone --nproc_per_node N`. For several machines run torchrun "
+        "yourself (README: Scaling out).",
+    ),
+]
+
+
 @app.command()
 def train(
     recipe: RecipeArg = None,
@@ -192,53 +214,152 @@ def train(
         ),
     ] = None,
     quiet: QuietOpt = False,
+    nproc: NprocOpt = 1,
 ) -> None:
     """Train a policy with GSPO or GRPO as the recipe says; writes a run directory."""
+    rank = os.environ.get("RANK", "0")
+    if rank != "0":  # under torchrun only rank 0 prints; the others report only failures
+        console.quiet = err_console.quiet = True
     with _user_errors():
         if resume is not None and out is not None:
             raise UserError("--out and --resume exclude each other: --resume writes into RUN_DIR")
         loaded = _load(recipe, set_) if resume is None else _load_for_resume(resume, recipe, set_)
+        launched = _torchrun_world_size()  # None: not started by torchrun
+        if launched is not None and nproc > 1 and nproc != launched:
+            raise UserError(
+                f"--nproc {nproc} but torchrun started {launched} processes (WORLD_SIZE); drop "
+                "--nproc when launching with torchrun yourself"
+            )
+        from gspo_cli.recipe import check_world_size
+
+        check_world_size(loaded, launched or nproc)  # before any process starts
+        if launched is None and nproc > 1:
+            _exec_torchrun(nproc, _forwarded(recipe, set_, out, resume, quiet))
         _prepare_runtime()
-        from gspo_cli import train as trainer
-        from gspo_cli.checkpoint import latest_checkpoint, new_run_dir
+        from gspo_cli import distributed
 
-        trainer.preflight(loaded)
-        view = _TrainView(loaded.train.steps, quiet)
-        if resume is None:
-            run_dir, checkpoint = new_run_dir(out, loaded.name), None
-        else:
-            run_dir, checkpoint = resume, latest_checkpoint(resume, _warn)
-        console.print(
-            f"run [bold]{run_dir}[/]: {loaded.algo.mode}, model {loaded.model.name}, "
-            f"{loaded.train.steps} steps × {loaded.completions_per_step} completions",
-            highlight=False,
-        )
+        with distributed.session(distributed.from_env()) as cluster:
+            _train_here(loaded, out, resume, quiet, cluster)
 
-        def announce(text: str) -> None:
-            view.progress.console.print(f"[cyan]{text}[/]", highlight=False)
 
+def _torchrun_world_size() -> int | None:
+    """WORLD_SIZE as torchrun sets it, or None outside torchrun."""
+    text = os.environ.get("WORLD_SIZE")
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"WORLD_SIZE={text!r} is not a positive integer")
+    return int(text)
+
+
+def _forwarded(
+    recipe: Path | None,
+    overrides: list[str] | None,
+    out: Path | None,
+    resume: Path | None,
+    quiet: bool,
+) -> list[str]:
+    """The `gspo` arguments each torchrun worker gets: the same command without --nproc."""
+    args = ["train"] + ([str(recipe)] if recipe is not None else [])
+    for assignment in overrides or []:
+        args += ["--set", assignment]
+    args += ["--out", str(out)] if out is not None else []
+    args += ["--resume", str(resume)] if resume is not None else []
+    return args + (["--quiet"] if quiet else [])
+
+
+def _exec_torchrun(nproc: int, args: list[str]) -> None:
+    """Replace this process with torchrun running `python -m gspo_cli ARGS` N times."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "gspo_cli",
+        *args,
+    ]
+    console.print(f"starting {nproc} processes: {' '.join(command[1:])}", highlight=False)
+    sys.stdout.flush()
+    os.execv(sys.executable, command)
+
+
+def _train_here(
+    loaded: Recipe, out: Path | None, resume: Path | None, quiet: bool, cluster: Cluster
+) -> None:
+    """Run the training core in this process (one of N under torchrun) and render it."""
+    from gspo_cli import train as trainer
+    from gspo_cli.checkpoint import latest_checkpoint, new_run_dir
+
+    trainer.preflight(loaded)
+    view = _TrainView(loaded.train.steps, quiet)
+    if resume is None:
+        run_dir = _on_rank_zero(cluster, lambda: new_run_dir(out, loaded.name))
+        checkpoint = None
+    else:
+        run_dir = resume
+        checkpoint = _on_rank_zero(cluster, lambda: latest_checkpoint(resume, _warn))
+    processes = f" on {cluster.world_size} processes" if cluster.is_distributed else ""
+    console.print(
+        f"run [bold]{run_dir}[/]: {loaded.algo.mode}, model {loaded.model.name}, "
+        f"{loaded.train.steps} steps × {loaded.completions_per_step} completions{processes}",
+        highlight=False,
+    )
+
+    def announce(text: str) -> None:
+        view.progress.console.print(f"[cyan]{text}[/]", highlight=False)
+
+    dump = os.environ.get("GSPO_DEBUG_DUMP")
+    try:
+        with view.progress:
+            summary = trainer.run(
+                loaded,
+                run_dir,
+                view.on_row,
+                announce=announce,
+                resume_from=checkpoint,
+                cluster=cluster,
+                debug_dump=Path(dump) if dump else None,
+            )
+    except KeyboardInterrupt:
+        raise GspoError(
+            f"aborted by a second interrupt; the last complete checkpoint is intact. "
+            f"Resume with: gspo train --resume {run_dir}"
+        ) from None
+    finally:
+        if resume is None and cluster.is_main and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # setup failed before anything was written
+    table = Table(title="run finished", show_header=False)
+    table.add_row("run directory", str(summary.run_dir))
+    table.add_row(
+        "eval accuracy",
+        f"{summary.first_eval_accuracy:.3f} → {summary.last_eval_accuracy:.3f}",
+    )
+    table.add_row("wall time", f"{summary.seconds:.0f} s")
+    table.add_row("final model", str(summary.run_dir / "final"))
+    console.print(table)
+
+
+def _on_rank_zero(cluster: Cluster, work: Callable[[], T]) -> T:
+    """`work()` on rank 0, its result on every rank; a user error there fails every rank
+    (rank 0 reports it) instead of leaving the others waiting."""
+    from gspo_cli import distributed
+
+    result: T | None = None
+    problem: str | None = None
+    if cluster.is_main:
         try:
-            with view.progress:
-                summary = trainer.run(
-                    loaded, run_dir, view.on_row, announce=announce, resume_from=checkpoint
-                )
-        except KeyboardInterrupt:
-            raise GspoError(
-                f"aborted by a second interrupt; the last complete checkpoint is intact. "
-                f"Resume with: gspo train --resume {run_dir}"
-            ) from None
-        finally:
-            if resume is None and run_dir.is_dir() and not any(run_dir.iterdir()):
-                run_dir.rmdir()  # setup failed before anything was written
-        table = Table(title="run finished", show_header=False)
-        table.add_row("run directory", str(summary.run_dir))
-        table.add_row(
-            "eval accuracy",
-            f"{summary.first_eval_accuracy:.3f} → {summary.last_eval_accuracy:.3f}",
-        )
-        table.add_row("wall time", f"{summary.seconds:.0f} s")
-        table.add_row("final model", str(summary.run_dir / "final"))
-        console.print(table)
+            result = work()
+        except UserError as exc:
+            problem = str(exc)
+            distributed.broadcast(cluster, (None, problem))
+            raise
+    result, problem = distributed.broadcast(cluster, (result, problem))
+    if problem is not None:
+        raise UserError(problem)
+    return cast(T, result)
 
 
 def _warn(text: str) -> None:

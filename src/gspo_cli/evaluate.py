@@ -79,11 +79,27 @@ def greedy_accuracy(
     batch_size: int = EVAL_BATCH_SIZE,
 ) -> float:
     """Fraction of examples whose greedy completion the checker scores 1.0 (greedy pass@1)."""
+    correct = greedy_correct(
+        model, tokenizer, examples, checker, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
+    return correct / max(len(examples), 1)
+
+
+def greedy_correct(
+    model: Any,
+    tokenizer: Any,
+    examples: list[Example],
+    checker: RewardFn,
+    *,
+    max_new_tokens: int,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> int:
+    """How many examples' greedy completions the checker scores 1.0 (a rank's share, under
+    torchrun, before the counts are summed)."""
     texts = greedy_completions(
         model, tokenizer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size
     )
-    hits = [is_correct(checker, t, e.reference) for t, e in zip(texts, examples, strict=True)]
-    return sum(hits) / max(len(examples), 1)
+    return sum(is_correct(checker, t, e.reference) for t, e in zip(texts, examples, strict=True))
 
 
 # --- pass@k and majority vote ----------------------------------------------------------------

@@ -65,3 +65,16 @@ def read_metrics(path: Path) -> list[Row]:
         if isinstance(row, dict):
             rows.append(row)
     return rows
+
+
+class NullWriter:
+    """Writes nothing: the metrics writer of every rank but 0 in a multi-process run."""
+
+    def write(self, row: Row) -> None:
+        pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass

@@ -6,7 +6,8 @@ transformers release changes one file.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,52 @@ def completion_mask(completion_ids: torch.Tensor, stop_ids: list[int]) -> torch.
     return (stops_before == 0).float()  # [N, T]
 
 
+def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Set to -inf every logit outside the smallest set whose probability reaches `top_p`
+    (transformers' `TopPLogitsWarper` rule; the most likely token always stays)."""
+    ordered, order = torch.sort(scores, descending=False)  # [N, V] ascending
+    cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)  # [N, V]
+    drop_sorted = cumulative <= (1 - top_p)  # [N, V]
+    drop_sorted[..., -1:] = False
+    drop = drop_sorted.scatter(1, order, drop_sorted)  # [N, V] back in vocabulary order
+    return scores.masked_fill(drop, -math.inf)
+
+
+class RowSampler:
+    """Draws each row's next token from softmax(logits / T) (top-p filtered) with the row's
+    own generator, by the Gumbel-max trick: argmax(logits / T + Gumbel noise) is an exact
+    sample of that softmax.
+
+    Used as a transformers logits processor under greedy decoding. Row i's noise at
+    decoding position t is the t-th draw of a generator seeded with `seeds[i]`, so a row's
+    completion does not depend on which other rows share its batch: split a batch across
+    processes with the same per-row seeds and each row samples exactly what it would have in
+    one process. Noise is float64, so a uniform draw of exactly 0 (which would make a
+    filtered token win) has probability 2^-53 rather than float32's 2^-24 per entry.
+    """
+
+    def __init__(
+        self, seeds: Sequence[int], temperature: float, top_p: float, device: torch.device
+    ) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+        self.device = device
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.double() / self.temperature  # [N, V]
+        if self.top_p < 1:
+            scores = top_p_filter(scores, self.top_p)  # [N, V]
+        v = scores.shape[1]
+        uniform = torch.stack(
+            [
+                torch.rand(v, generator=g, dtype=torch.float64, device=self.device)
+                for g in self.generators
+            ]
+        )  # [N, V] in [0, 1)
+        return scores - torch.log(-torch.log(uniform))  # [N, V] + Gumbel(0, 1)
+
+
 @torch.no_grad()
 def generate(
     model: Any,
@@ -146,33 +193,42 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     greedy: bool = False,
+    seeds: Sequence[int] | None = None,
 ) -> Generation:
     """Sample (or greedily decode) one completion per prompt with a KV cache.
 
     Repeat a prompt G times in `prompts` to get a group. The sampling distribution is the
     model's softmax at `temperature` (top-k off; top-p when < 1), which is what
-    `completion_logprobs` scores.
+    `completion_logprobs` scores. Row i is sampled with its own generator seeded by
+    `seeds[i]` (see `RowSampler`); without `seeds`, they are drawn from torch's global RNG.
     """
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
 
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     stop_ids = eos_ids(model, tokenizer)
+    # Decoding is greedy either way: sampling is the Gumbel-max argmax of `RowSampler`.
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
-        do_sample=not greedy,
-        temperature=None if greedy else temperature,
-        top_p=None if greedy else top_p,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
         top_k=None,
         eos_token_id=stop_ids,
         pad_token_id=tokenizer.pad_token_id,
     )
+    processors = LogitsProcessorList()
+    if not greedy:
+        if seeds is None:
+            seeds = torch.randint(2**62, (len(prompts),)).tolist()
+        processors.append(RowSampler(seeds, temperature, top_p, device))
     was_training = model.training
     model.eval()
     out = model.generate(
         input_ids=enc["input_ids"].to(device),
         attention_mask=enc["attention_mask"].to(device),
         generation_config=config,
+        logits_processor=processors,
     )  # [N, P+T'] with T' <= max_new_tokens
     model.train(was_training)
     prompt_len = enc["input_ids"].shape[1]
@@ -203,6 +259,40 @@ def _plain_linear_head(model: Any) -> Any | None:
     return head
 
 
+class LogProbModel(torch.nn.Module):
+    """A causal LM as a module whose forward returns completion log-probs `[N, T]`.
+
+    `completion_logprobs` runs the decoder stack (`base_model`) and uses the output head's
+    weight itself, outside the causal LM's own forward. Under FSDP2 this wrapper is the root
+    sharded module: calling it runs the root's hooks, which gather the embedding, final norm
+    and head before the forward and reduce-scatter their gradients after the backward.
+    Without FSDP it is a thin shell with the same numbers. `.model` is the causal LM (for
+    generation and saving).
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        completion_len: int,
+        temperature: float = 1.0,
+        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    ) -> torch.Tensor:
+        logprobs = _completion_logprobs(
+            self.model, input_ids, attention_mask, completion_len, temperature, chunk_tokens
+        )  # [N, T]
+        return logprobs.clone()  # not a view: FSDP2 hooks the output for backward
+
+
+def causal_lm(model: Any) -> Any:
+    """The causal LM inside a `LogProbModel`, or `model` itself."""
+    return model.model if isinstance(model, LogProbModel) else model
+
+
 def completion_logprobs(
     model: Any,
     input_ids: torch.Tensor,
@@ -213,11 +303,30 @@ def completion_logprobs(
 ) -> torch.Tensor:
     """log π(y_t | x, y_<t) of each completion token, at the sampling temperature -> [N, T].
 
-    For the usual bias-free linear head the logits are never materialised for all tokens at
-    once (`logprobs.token_logprobs`, chunked); other heads fall back to full logits of the
-    last T+1 positions. Positions come from the attention mask so left padding does not
-    shift them.
+    `model` is a causal LM or a `LogProbModel` (called through its forward, so FSDP2's hooks
+    run). For the usual bias-free linear head the logits are never materialised for all
+    tokens at once (`logprobs.token_logprobs`, chunked); other heads fall back to full logits
+    of the last T+1 positions. Positions come from the attention mask so left padding does
+    not shift them.
     """
+    if isinstance(model, LogProbModel):
+        out: torch.Tensor = model(
+            input_ids, attention_mask, completion_len, temperature, chunk_tokens
+        )  # [N, T]
+        return out
+    return _completion_logprobs(
+        model, input_ids, attention_mask, completion_len, temperature, chunk_tokens
+    )
+
+
+def _completion_logprobs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_len: int,
+    temperature: float,
+    chunk_tokens: int,
+) -> torch.Tensor:
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [N, P+T]
     targets = input_ids[:, -completion_len:]  # [N, T]
     head = _plain_linear_head(model)

@@ -362,6 +362,25 @@ def _data_contradictions(data: DataSection) -> list[str]:
     return problems
 
 
+def check_world_size(recipe: Recipe, world_size: int) -> None:
+    """Refuse a process count the step's prompts do not split over evenly: each process
+    samples whole prompts (all G completions of each), the same number on every rank."""
+    p = recipe.rollout.prompts_per_step
+    if world_size < 1 or p % world_size == 0:
+        return
+    counts = ", ".join(str(d) for d in range(1, p + 1) if p % d == 0)
+    nearby = sorted({world_size * max(1, p // world_size), world_size * (p // world_size + 1)})
+    raise RecipeError(
+        [
+            f"rollout.prompts_per_step: {p} prompts do not split evenly over {world_size} "
+            f"processes (each process samples an equal share of whole prompts); run on "
+            f"{counts} processes, or set rollout.prompts_per_step to a multiple of "
+            f"{world_size} such as {' or '.join(str(n) for n in nearby)}"
+        ],
+        f"training on {world_size} processes",
+    )
+
+
 def warnings_for(recipe: Recipe) -> list[str]:
     """Settings that are legal but probably not what the user meant."""
     notes = []

@@ -3,6 +3,11 @@
 Everything here runs without gradients. The returned `RolloutBatch` holds what the
 update needs (sequences, masks, advantages, π_old and reference log-probs); the
 `RolloutStats` hold what the metrics row needs.
+
+Across N processes each rank samples its own share of the prompts (all G completions of
+each), then the pieces are gathered, so every rank returns the same, whole batch: the
+one a single process would have sampled. Completion row i of step s is always sampled
+with the seed `derive(seed, "sample", s, i)`, whichever rank samples it.
 """
 
 from __future__ import annotations
@@ -12,13 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from gspo_cli import distributed
 from gspo_cli.data import Example, render_prompt
+from gspo_cli.distributed import SINGLE, Cluster
 from gspo_cli.losses import group_advantages
-from gspo_cli.policy import Generation, batched_logprobs, generate
+from gspo_cli.policy import Generation, batched_logprobs, causal_lm, generate
 from gspo_cli.recipe import Recipe
 from gspo_cli.rewards import RewardFn, score
 from gspo_cli.rewards import label as reward_label
+from gspo_cli.seeding import derive
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,7 @@ class RolloutBatch:
     advantages: torch.Tensor  # [N]
     old_logprobs: torch.Tensor  # [N, T] log π_old, fixed for every minibatch and epoch
     ref_logprobs: torch.Tensor | None  # [N, T] frozen reference, only when kl_beta > 0
+    sampled_by: torch.Tensor | None = None  # [N] rank that sampled each row (None: one process)
 
 
 @dataclass(frozen=True)
@@ -51,46 +61,66 @@ class RolloutStats:
 
 @torch.no_grad()
 def collect(
-    model: Any,
-    ref_model: Any | None,
+    policy: Any,
+    ref_policy: Any | None,
     tokenizer: Any,
     examples: list[Example],
     reward_fn: RewardFn,
     recipe: Recipe,
+    step: int = 0,
+    cluster: Cluster = SINGLE,
 ) -> tuple[RolloutBatch, RolloutStats]:
-    """Sample, score and compute advantages and π_old log-probs for one rollout step."""
+    """Sample, score and compute advantages and π_old log-probs for one rollout step.
+
+    `examples` are this rank's share of the step's prompts (all of them in one process);
+    `step` seeds the sampling. The batch returned is the whole step's, on every rank.
+    """
     g, temperature = recipe.rollout.group_size, recipe.rollout.temperature
     started = time.perf_counter()
+    first_row = cluster.rank * len(examples) * g  # this share's first row in the whole batch
+    seeds = [derive(recipe.seed, "sample", step, first_row + i) for i in range(len(examples) * g)]
     prompts = [render_prompt(tokenizer, e.prompt) for e in examples for _ in range(g)]
-    gen = generate(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens=recipe.rollout.max_new_tokens,
-        temperature=temperature,
-        top_p=recipe.rollout.top_p,
+    with distributed.unsharded(policy, ref_policy):
+        gen = generate(
+            causal_lm(policy),
+            tokenizer,
+            prompts,
+            max_new_tokens=recipe.rollout.max_new_tokens,
+            temperature=temperature,
+            top_p=recipe.rollout.top_p,
+            seeds=seeds,
+        )
+        sampled = time.perf_counter()
+
+        references = [e.reference for e in examples for _ in range(g)]
+        label = reward_label(recipe.reward_terms)
+        local_rewards = torch.tensor(score(reward_fn, label, gen.texts, references))  # [n]
+        rewards = distributed.gather_rows(cluster, local_rewards)  # [N]
+        advantages, zero_std_frac = group_advantages(rewards, g, scale=recipe.algo.advantage_scale)
+        scored = time.perf_counter()
+
+        budget, chunk = recipe.train.microbatch_tokens, recipe.train.logprob_chunk_tokens
+        old = batched_logprobs(
+            policy, gen, temperature=temperature, max_tokens=budget, chunk_tokens=chunk
+        )  # [n, T]
+        ref = None
+        if ref_policy is not None:
+            ref = batched_logprobs(
+                ref_policy, gen, temperature=temperature, max_tokens=budget, chunk_tokens=chunk
+            )  # [n, T]
+        done = time.perf_counter()
+
+    gen, old, ref, sampled_by = _gather(cluster, gen, old, ref, tokenizer.pad_token_id)
+    batch = RolloutBatch(gen, rewards, advantages.to(old.device), old, ref, sampled_by)
+    timings = distributed.max_floats(
+        cluster,
+        {
+            "sample_s": sampled - started,
+            "score_s": scored - sampled,
+            "old_logprob_s": done - scored,
+        },
     )
-    sampled = time.perf_counter()
-
-    references = [e.reference for e in examples for _ in range(g)]
-    label = reward_label(recipe.reward_terms)
-    rewards = torch.tensor(score(reward_fn, label, gen.texts, references))  # [N]
-    advantages, zero_std_frac = group_advantages(rewards, g, scale=recipe.algo.advantage_scale)
-    scored = time.perf_counter()
-
-    budget, chunk = recipe.train.microbatch_tokens, recipe.train.logprob_chunk_tokens
-    old = batched_logprobs(
-        model, gen, temperature=temperature, max_tokens=budget, chunk_tokens=chunk
-    )  # [N, T]
-    ref = None
-    if ref_model is not None:
-        ref = batched_logprobs(
-            ref_model, gen, temperature=temperature, max_tokens=budget, chunk_tokens=chunk
-        )  # [N, T]
-    done = time.perf_counter()
-
     lengths = gen.completion_mask.sum(dim=1)  # [N]
-    batch = RolloutBatch(gen, rewards, advantages.to(old.device), old, ref)
     stats = RolloutStats(
         reward_mean=rewards.mean().item(),
         reward_std=rewards.std().item() if rewards.numel() > 1 else 0.0,
@@ -99,8 +129,52 @@ def collect(
         completion_len_max=int(lengths.max().item()),
         truncated_frac=gen.truncated.float().mean().item(),
         completion_tokens=int(lengths.sum().item()),
-        sample_s=sampled - started,
-        score_s=scored - sampled,
-        old_logprob_s=done - scored,
+        **timings,
     )
     return batch, stats
+
+
+def _pad(tensor: torch.Tensor, width: int, value: float, *, left: bool) -> torch.Tensor:
+    """`[n, w]` padded with `value` to `[n, width]` on the left or the right."""
+    extra = width - tensor.shape[1]
+    return F.pad(tensor, (extra, 0) if left else (0, extra), value=value)
+
+
+def _gather(
+    cluster: Cluster,
+    gen: Generation,
+    old: torch.Tensor,
+    ref: torch.Tensor | None,
+    pad_id: int,
+) -> tuple[Generation, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Every rank's rows in rank order, re-padded to the widest prompt and completion: the
+    tensors one process would have produced for the whole batch. Also which rank sampled
+    each row (None in one process)."""
+    if not cluster.is_distributed:
+        return gen, old, ref, None
+    t = gen.completion_mask.shape[1]
+    p = gen.input_ids.shape[1] - t
+    wide_p, wide_t = distributed.max_int(cluster, p), distributed.max_int(cluster, t)
+
+    def rows(tensor: torch.Tensor, value: float) -> torch.Tensor:
+        prompt = _pad(tensor[:, :p], wide_p, value, left=True)  # [n, P]
+        completion = _pad(tensor[:, p:], wide_t, value, left=False)  # [n, T]
+        return distributed.gather_rows(cluster, torch.cat([prompt, completion], dim=1))
+
+    def completions(tensor: torch.Tensor) -> torch.Tensor:
+        return distributed.gather_rows(cluster, _pad(tensor, wide_t, 0.0, left=False))
+
+    whole = Generation(
+        input_ids=rows(gen.input_ids, pad_id),  # [N, P+T]
+        attention_mask=rows(gen.attention_mask, 0),  # [N, P+T]
+        completion_mask=completions(gen.completion_mask),  # [N, T]
+        truncated=distributed.gather_rows(cluster, gen.truncated.to(torch.uint8)).bool(),  # [N]
+        texts=[text for part in distributed.gather_objects(cluster, gen.texts) for text in part],
+    )
+    own = torch.full((len(gen.texts),), cluster.rank, device=old.device)  # [n]
+    return (
+        whole,
+        completions(old),  # [N, T]
+        completions(ref) if ref is not None else None,  # [N, T]
+        distributed.gather_rows(cluster, own),  # [N]
+    )

@@ -11,6 +11,12 @@ Reliability: a checkpoint holds the weights, optimiser, scheduler, RNG states an
 position, so a resumed CPU run repeats an uninterrupted one exactly. A non-finite loss
 or gradient skips that optimiser step; too many in a row stop the run. Ctrl-C or SIGTERM
 finishes the current step, checkpoints, and exits non-zero.
+
+Scale-out: under torchrun (`cluster.world_size` N > 1) the model is sharded with FSDP2,
+each rank samples 1/N of the step's prompts, the rollout batch is gathered onto every
+rank, and each rank backpropagates its own rows of each minibatch with the weights of the
+whole minibatch, so the update equals one process's on the same global batch. Only rank 0
+writes metrics and files.
 """
 
 from __future__ import annotations
@@ -27,22 +33,29 @@ from typing import Any
 
 import torch
 
-from gspo_cli import microbatch, rewards
+from gspo_cli import distributed, microbatch, rewards
 from gspo_cli.checkpoint import (
     METRICS_FILE,
+    OPTIMIZER_DIR,
     RECIPE_FILE,
+    RNG_DIR,
+    STATE_FILE,
     checkpoint_dir,
     link_final,
     load_trainer_state,
     save_checkpoint,
     write_text_atomic,
 )
+from gspo_cli.data import Example
+from gspo_cli.distributed import SINGLE, Cluster
 from gspo_cli.errors import Interrupted, TrainingError, UserError
-from gspo_cli.evaluate import greedy_accuracy
+from gspo_cli.evaluate import greedy_correct
 from gspo_cli.interrupt import StopRequest
 from gspo_cli.losses import LossStats, kl_k3, policy_loss
-from gspo_cli.metrics import MetricsWriter, Row, read_metrics
+from gspo_cli.metrics import MetricsWriter, NullWriter, Row, read_metrics
 from gspo_cli.policy import (
+    LogProbModel,
+    causal_lm,
     check_model_source,
     completion_logprobs,
     load_policy,
@@ -50,8 +63,9 @@ from gspo_cli.policy import (
     pick_device,
 )
 from gspo_cli.prepare import load_task
-from gspo_cli.recipe import Recipe
+from gspo_cli.recipe import Recipe, check_world_size
 from gspo_cli.rollout import RolloutBatch, collect
+from gspo_cli.seeding import derive
 
 
 @dataclass(frozen=True)
@@ -133,21 +147,34 @@ def _objective(
 
 
 def accumulate_gradients(
-    model: Any, batch: RolloutBatch, rows: torch.Tensor, recipe: Recipe
+    model: Any,
+    batch: RolloutBatch,
+    rows: torch.Tensor,
+    recipe: Recipe,
+    cluster: Cluster = SINGLE,
 ) -> tuple[torch.Tensor, torch.Tensor, LossStats]:
     """Backward one minibatch in token-budget micro-batches.
 
     Every term of the objective is a mean over responses, so a micro-batch holding n_k of
     the minibatch's n responses is weighted n_k / n and the accumulated gradient equals the
-    whole minibatch's. The returned loss, KL and stats are recomputed (without gradients)
-    from the gathered log-probs, so they are the minibatch's own, not an average of parts.
+    whole minibatch's. Across N processes each rank backpropagates only the rows it sampled,
+    and FSDP averages the ranks' gradients, so the weight is N · n_k / n with n the whole
+    minibatch's count, never a rank's own: the sum over ranks is again the one-process
+    gradient. A rank with fewer micro-batches runs zero-weight passes so every rank runs as
+    many forwards and backwards (FSDP's collectives must pair up). The returned loss, KL
+    and stats are recomputed (without gradients) from every rank's log-probs, so they are
+    the minibatch's own, not an average of parts.
     """
     gen = batch.gen
     n, t = len(rows), gen.completion_mask.shape[1]
     p = gen.input_ids.shape[1] - t
+    owned = cluster.share(gen.input_ids.shape[0])
+    mine = ((rows >= owned.start) & (rows < owned.stop)).nonzero().squeeze(1)  # [n_r] in rows
     gathered = torch.zeros(n, t, device=gen.input_ids.device)  # [n, T]
     budget = recipe.train.microbatch_tokens
-    for mb in microbatch.plan(gen.attention_mask, gen.completion_mask, rows, budget):
+    plans = microbatch.plan(gen.attention_mask, gen.completion_mask, rows[mine], budget)
+    passes = distributed.max_int(cluster, len(plans))  # before any pass: collectives pair up
+    for mb in plans:
         logprobs = completion_logprobs(
             model,
             microbatch.take(gen.input_ids, mb, p),
@@ -157,10 +184,34 @@ def accumulate_gradients(
             recipe.train.logprob_chunk_tokens,
         )  # [n_k, T_k]
         loss, _, _ = _objective(logprobs, batch, mb.rows, recipe)
-        (loss * (len(mb.rows) / n)).backward()  # type: ignore[no-untyped-call]
-        gathered[mb.positions, : mb.completion_len] = logprobs.detach().float()
+        (loss * (len(mb.rows) * cluster.world_size / n)).backward()  # type: ignore[no-untyped-call]
+        gathered[mine[mb.positions], : mb.completion_len] = logprobs.detach().float()
+    for _ in range(passes - len(plans)):
+        _idle_pass(model, gen, owned.start)
+    distributed.all_reduce(cluster, gathered)  # each row is filled on exactly one rank
     with torch.no_grad():
         return _objective(gathered, batch, rows, recipe)
+
+
+def _idle_pass(model: Any, gen: Any, row: int) -> None:
+    """A forward and backward of one row with weight 0: keeps this rank in step with the
+    others' FSDP collectives and adds exactly nothing to the gradient."""
+    t = gen.completion_mask.shape[1]
+    p = gen.input_ids.shape[1] - t
+    (mb,) = microbatch.plan(gen.attention_mask, gen.completion_mask, torch.tensor([row]), 0)
+    ids, attention = (
+        microbatch.take(gen.input_ids, mb, p),
+        microbatch.take(gen.attention_mask, mb, p),
+    )
+    logprobs = completion_logprobs(model, ids, attention, mb.completion_len)  # [1, T_k]
+    (logprobs.sum() * 0.0).backward()  # type: ignore[no-untyped-call]
+
+
+def minibatch_order(n: int, seed: int, step: int, epoch: int) -> torch.Tensor:
+    """A permutation of the step's n rows, a pure function of (seed, step, epoch): every
+    rank computes the same one, and a resumed run the same as an uninterrupted one."""
+    generator = torch.Generator().manual_seed(derive(seed, "minibatches", step, epoch))
+    return torch.randperm(n, generator=generator)  # [n]
 
 
 def update(
@@ -169,21 +220,27 @@ def update(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     batch: RolloutBatch,
     recipe: Recipe,
+    step: int = 0,
+    cluster: Cluster = SINGLE,
 ) -> tuple[UpdateStats, list[str | None]]:
     """`epochs × minibatches` optimiser steps on one rollout batch.
 
     Returns the stats and, per optimiser step in order, None when it was taken or what was
-    not finite when it was skipped.
+    not finite when it was skipped. Every rank takes the same decisions: the loss and the
+    gradient norm are the whole minibatch's.
     """
     started = time.perf_counter()
     n = batch.gen.completion_mask.shape[0]
     max_norm = recipe.optim.grad_clip if recipe.optim.grad_clip > 0 else math.inf
     per_step: list[dict[str, float]] = []
     outcomes: list[str | None] = []
-    for _ in range(recipe.algo.epochs):
-        for rows in torch.randperm(n).chunk(recipe.algo.minibatches):  # [N / minibatches] each
-            loss, kl, stats = accumulate_gradients(model, batch, rows, recipe)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    for epoch in range(recipe.algo.epochs):
+        order = minibatch_order(n, recipe.seed, step, epoch)  # [N]
+        for rows in order.chunk(recipe.algo.minibatches):  # [N / minibatches] each
+            loss, kl, stats = accumulate_gradients(model, batch, rows, recipe, cluster)
+            grad_norm = distributed.local_value(
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            )
             if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
                 optimizer.zero_grad(set_to_none=True)  # never step on NaN/inf
                 outcomes.append(f"loss {loss.item()}, grad norm {grad_norm.item()}")
@@ -219,38 +276,125 @@ def preflight(recipe: Recipe) -> None:
     check_model_source(recipe.model.name)
 
 
+def _build_policy(
+    source: str, recipe: Recipe, cluster: Cluster, say: Callable[[str], None]
+) -> tuple[LogProbModel, Any]:
+    """Load the model (rank 0 first, so a cache is built once) as a `LogProbModel`, sharded
+    with FSDP2 when there are several processes."""
+    device = cluster.device() if cluster.is_distributed else pick_device()
+    with distributed.main_first(cluster):
+        model, tokenizer = load_policy(source, recipe.model.dtype, device, say)
+    policy = LogProbModel(model)
+    if cluster.is_distributed:
+        distributed.shard(policy, model)
+    return policy, tokenizer
+
+
+def _reference(
+    policy: LogProbModel,
+    recipe: Recipe,
+    resumed: bool,
+    cluster: Cluster,
+    say: Callable[[str], None],
+) -> LogProbModel | None:
+    """The frozen initial model for the KL term (None without one), sharded like the policy."""
+    if recipe.algo.kl_beta == 0:
+        return None
+    if resumed or cluster.is_distributed:
+        ref, _ = _build_policy(recipe.model.name, recipe, cluster, say)
+    else:
+        ref = LogProbModel(copy.deepcopy(policy.model))  # taken before any update
+    ref.eval().requires_grad_(False)
+    return ref
+
+
+def _write_checkpoint(
+    directory: Path,
+    policy: LogProbModel,
+    tokenizer: Any,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    cluster: Cluster,
+) -> None:
+    """This rank's part of a checkpoint. One process: the model directory and everything
+    else in trainer_state.pt. N processes: rank 0 writes the model from a full state dict
+    gathered from the shards; every rank writes its optimiser shard and RNG states."""
+    model = causal_lm(policy)
+    if not cluster.is_distributed:
+        model.save_pretrained(directory, safe_serialization=True)
+        state = {**state, "optimizer": optimizer.state_dict(), "rng": rng_state()}
+    else:
+        weights = distributed.full_state_dict(model)  # collective; empty off rank 0
+        if cluster.is_main:
+            model.save_pretrained(directory, state_dict=weights, safe_serialization=True)
+        distributed.save_optimizer(policy, optimizer, directory / OPTIMIZER_DIR)
+        (directory / RNG_DIR).mkdir(exist_ok=True)
+        torch.save(rng_state(), directory / RNG_DIR / f"rank{cluster.rank}.pt")
+    if cluster.is_main:
+        tokenizer.save_pretrained(directory)
+        torch.save({**state, "world_size": cluster.world_size}, directory / STATE_FILE)
+
+
+def _restore(
+    checkpoint: Path,
+    policy: LogProbModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    cluster: Cluster,
+) -> dict[str, Any]:
+    """Load a checkpoint's optimiser, scheduler and RNG states; returns its trainer state.
+    The weights were already loaded with the model."""
+    state = load_trainer_state(checkpoint)
+    written_by = state.get("world_size", 1)
+    if written_by != cluster.world_size:
+        raise UserError(
+            f"{checkpoint} was written by {written_by} process(es) and this run has "
+            f"{cluster.world_size}; resume with the same number (gspo train --resume RUN_DIR "
+            f"--nproc {written_by})"
+        )
+    if cluster.is_distributed:
+        distributed.load_optimizer(policy, optimizer, checkpoint / OPTIMIZER_DIR)
+        set_rng_state(torch.load(checkpoint / RNG_DIR / f"rank{cluster.rank}.pt"))
+    else:
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state
+
+
 def run(
     recipe: Recipe,
     run_dir: Path,
     on_row: Listener = lambda row: None,
     announce: Callable[[str], None] = print,
     resume_from: Path | None = None,
+    cluster: Cluster = SINGLE,
+    debug_dump: Path | None = None,
 ) -> TrainSummary:
     """Train `recipe`'s policy, writing metrics, checkpoints and the final model into
-    `run_dir`; with `resume_from`, continue from that checkpoint."""
+    `run_dir`; with `resume_from`, continue from that checkpoint. Under torchrun, every
+    rank calls this with its `cluster`; only rank 0 writes. `debug_dump`: each rank saves
+    its view of the final weights and which prompts it sampled there (for tests)."""
     started = time.perf_counter()
+    check_world_size(recipe, cluster.world_size)
     random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)  # also seeds CUDA
+    say = announce if cluster.is_main else (lambda _: None)
 
     # --- setup: data, model, reference, reward, optimiser --------------------------------
     # Data first, with the tokenizer alone: a bad source fails before a model loads.
-    tokenizer = load_tokenizer(recipe.model.name, announce)
-    _, splits = load_task(recipe.data, tokenizer, recipe.model.name, announce)
+    _, splits = load_task(
+        recipe.data, load_tokenizer(recipe.model.name, say), recipe.model.name, say
+    )
     train_set, test_set = splits["train"], splits["test"][: recipe.data.eval_size]
-    device = pick_device()
     source = str(resume_from) if resume_from else recipe.model.name
-    model, tokenizer = load_policy(source, recipe.model.dtype, device, announce)
-    model.train()
-    ref_model = None
-    if recipe.algo.kl_beta > 0:  # the reference is always the initial model
-        ref_model = copy.deepcopy(model) if resume_from is None else None
-        if ref_model is None:
-            ref_model, _ = load_policy(recipe.model.name, recipe.model.dtype, device, announce)
-        ref_model.eval().requires_grad_(False)
+    policy, tokenizer = _build_policy(source, recipe, cluster, say)
+    policy.train()
+    ref_policy = _reference(policy, recipe, resume_from is not None, cluster, say)
     reward_fn = rewards.combine(recipe.reward_terms)
     checker = rewards.checker(recipe.reward_terms)  # decides correct answers in evaluations
     optim = recipe.optim
-    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
     warmup = optim.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0
@@ -258,9 +402,7 @@ def run(
     start_step, prompts_used, skipped_in_a_row = 0, 0, 0
     evals: list[float] = []
     if resume_from is not None:
-        state = load_trainer_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        state = _restore(resume_from, policy, optimizer, scheduler, cluster)
         start_step, prompts_used = state["step"], state["prompts_used"]
         skipped_in_a_row = state["skipped_in_a_row"]
         if start_step >= recipe.train.steps:
@@ -270,34 +412,38 @@ def run(
             )
         kept = [r for r in read_metrics(run_dir / METRICS_FILE) if r["step"] <= start_step]
         evals = [r["eval_accuracy"] for r in kept if "eval_accuracy" in r]
-        write_text_atomic(run_dir / METRICS_FILE, "".join(MetricsWriter.line(r) for r in kept))
-        set_rng_state(state["rng"])
-        announce(f"resuming {run_dir} from step {start_step} ({resume_from.name})")
+        distributed.barrier(cluster)  # every rank has read the metrics before rank 0 cuts them
+        if cluster.is_main:
+            write_text_atomic(run_dir / METRICS_FILE, "".join(MetricsWriter.line(r) for r in kept))
+        say(f"resuming {run_dir} from step {start_step} ({resume_from.name})")
     prompts = itertools.islice(prompt_stream(len(train_set), recipe.seed), prompts_used, None)
-    write_text_atomic(run_dir / RECIPE_FILE, recipe.to_yaml())  # only once setup succeeded
+    if cluster.is_main:
+        write_text_atomic(run_dir / RECIPE_FILE, recipe.to_yaml())  # only once setup succeeded
+    share = cluster.share(recipe.rollout.prompts_per_step)  # this rank's prompts of each step
+    sampled: list[dict[str, Any]] = []  # for debug_dump: which prompts this rank sampled
 
     def checkpoint(step: int) -> Path:
-        state = {
-            "step": step,
-            "prompts_used": prompts_used,
-            "skipped_in_a_row": skipped_in_a_row,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_state(),
-        }
-        return save_checkpoint(run_dir, step, model, tokenizer, state, recipe.train.keep_last)
+        state: dict[str, Any] = {"step": step, "prompts_used": prompts_used}
+        state |= {"skipped_in_a_row": skipped_in_a_row, "scheduler": scheduler.state_dict()}
+        return save_checkpoint(
+            run_dir,
+            step,
+            lambda d: _write_checkpoint(d, policy, tokenizer, optimizer, state, cluster),
+            recipe.train.keep_last,
+            cluster,
+        )
 
-    with MetricsWriter(run_dir / METRICS_FILE) as writer, StopRequest() as stop:
+    writer = MetricsWriter(run_dir / METRICS_FILE) if cluster.is_main else NullWriter()
+    with writer, StopRequest() as stop:
 
         def log(row: Row) -> None:
             writer.write(row)
-            on_row(row)
+            if cluster.is_main:
+                on_row(row)
 
         def evaluate(step: int) -> float:
             t0 = time.perf_counter()
-            accuracy = greedy_accuracy(
-                model, tokenizer, test_set, checker, max_new_tokens=recipe.rollout.max_new_tokens
-            )
+            accuracy = _greedy_accuracy(policy, tokenizer, test_set, checker, recipe, cluster)
             seconds = time.perf_counter() - t0
             log(
                 {"step": step, "eval_accuracy": accuracy, "eval_n": len(test_set)}
@@ -312,10 +458,24 @@ def run(
         # --- the loop ----------------------------------------------------------------------
         for step in range(start_step + 1, recipe.train.steps + 1):
             step_start = time.perf_counter()
-            examples = [train_set[next(prompts)] for _ in range(recipe.rollout.prompts_per_step)]
-            prompts_used += len(examples)
-            batch, rollout_stats = collect(model, ref_model, tokenizer, examples, reward_fn, recipe)
-            update_stats, outcomes = update(model, optimizer, scheduler, batch, recipe)
+            indices = [next(prompts) for _ in range(recipe.rollout.prompts_per_step)]
+            prompts_used += len(indices)
+            examples = [train_set[i] for i in indices[share.start : share.stop]]
+            batch, rollout_stats = collect(
+                policy,
+                ref_policy,
+                tokenizer,
+                examples,
+                reward_fn,
+                recipe,
+                step=step,
+                cluster=cluster,
+            )
+            if debug_dump is not None:
+                sampled.append(_sampled_record(step, indices, share, batch))
+            update_stats, outcomes = update(
+                policy, optimizer, scheduler, batch, recipe, step, cluster
+            )
             step_s = time.perf_counter() - step_start
             log(
                 {
@@ -340,16 +500,72 @@ def run(
                 )
             if _due(step, recipe.train.eval_every) or step == recipe.train.steps:
                 last_accuracy = evaluate(step)
-            if _due(step, recipe.train.save_every) or step == recipe.train.steps or stop.requested:
+            stopping = distributed.any_rank(cluster, stop.requested)  # every rank stops together
+            if _due(step, recipe.train.save_every) or step == recipe.train.steps or stopping:
                 last_saved = checkpoint(step)
-            if stop.requested and step < recipe.train.steps:
+            if stopping and step < recipe.train.steps:
+                signal_name = _first(distributed.gather_objects(cluster, stop.signal_name))
                 raise Interrupted(
-                    f"stopped by {stop.signal_name} after step {step}; checkpoint saved. "
+                    f"stopped by {signal_name} after step {step}; checkpoint saved. "
                     f"Resume with: gspo train --resume {run_dir}",
-                    stop.signal_name or "SIGINT",
+                    signal_name,
                 )
 
-    link_final(checkpoint_dir(run_dir, recipe.train.steps), run_dir)
+    if cluster.is_main:
+        link_final(checkpoint_dir(run_dir, recipe.train.steps), run_dir)
+    if debug_dump is not None:
+        _dump(debug_dump, policy, sampled, cluster)
     return TrainSummary(
         run_dir, recipe.train.steps, first_accuracy, last_accuracy, time.perf_counter() - started
     )
+
+
+def _greedy_accuracy(
+    policy: LogProbModel,
+    tokenizer: Any,
+    examples: list[Example],
+    checker: rewards.RewardFn,
+    recipe: Recipe,
+    cluster: Cluster,
+) -> float:
+    """Held-out greedy accuracy; with N processes each rank decodes a share and the counts
+    are summed."""
+    share = cluster.uneven_share(len(examples))
+    with distributed.unsharded(policy):
+        correct = greedy_correct(
+            causal_lm(policy),
+            tokenizer,
+            examples[share.start : share.stop],
+            checker,
+            max_new_tokens=recipe.rollout.max_new_tokens,
+        )
+    total = int(distributed.all_reduce(cluster, torch.tensor([correct])).item())
+    return total / max(len(examples), 1)
+
+
+def _first(names: list[str | None]) -> str:
+    return next((n for n in names if n is not None), "SIGINT")
+
+
+def _sampled_record(
+    step: int, indices: list[int], share: range, batch: RolloutBatch
+) -> dict[str, Any]:
+    by = batch.sampled_by
+    return {
+        "step": step,
+        "prompts": indices,  # the step's example indices, in global row order
+        "mine": indices[share.start : share.stop],
+        "sampled_by": [0] * len(batch.rewards) if by is None else by.tolist(),  # rank per row
+    }
+
+
+def _dump(
+    directory: Path, policy: LogProbModel, sampled: list[dict[str, Any]], cluster: Cluster
+) -> None:
+    """`directory/rank{r}.pt`: this rank's whole weights as it gathers them for generation,
+    and the prompts it sampled. For checking a distributed run (GSPO_DEBUG_DUMP)."""
+    with distributed.unsharded(policy):
+        weights = {k: v.detach().cpu().clone() for k, v in causal_lm(policy).named_parameters()}
+    directory.mkdir(parents=True, exist_ok=True)
+    record = {"rank": cluster.rank, "world_size": cluster.world_size, "weights": weights}
+    torch.save(record | {"steps": sampled}, directory / f"rank{cluster.rank}.pt")

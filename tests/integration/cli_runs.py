@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # A few quick steps: 4 prompts × 4 completions, 2 minibatches.
@@ -42,21 +43,68 @@ def cli_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def run_cli(*args: str, sets: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    """`gspo ARGS --set ...` in a subprocess; returns the finished process."""
+def run_cli(
+    *args: str, sets: tuple[str, ...] = (), dump: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`gspo ARGS --set ...` in a subprocess; returns the finished process. With `dump`, the
+    run writes its debug dump (GSPO_DEBUG_DUMP) there."""
+    env = cli_env() | ({"GSPO_DEBUG_DUMP": str(dump)} if dump is not None else {})
     return subprocess.run(
         cli_args(*args, sets=sets),
         capture_output=True,
         text=True,
-        env=cli_env(),
+        env=env,
         timeout=300,
         check=False,
     )
 
 
-def train(out: Path, *sets: str) -> subprocess.CompletedProcess[str]:
+def train(out: Path, *sets: str, dump: Path | None = None) -> subprocess.CompletedProcess[str]:
     """`gspo train --quiet --out OUT --set ...`."""
-    return run_cli("train", "--quiet", "--out", str(out), sets=sets)
+    return run_cli("train", "--quiet", "--out", str(out), sets=sets, dump=dump)
+
+
+def torchrun(
+    nproc: int, *args: str, sets: tuple[str, ...] = (), dump: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`torchrun --standalone --nproc_per_node N -m gspo_cli ARGS --set ...` on CPU (gloo),
+    one thread per process; with `dump`, every rank writes its debug dump there."""
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
+    if dump is not None:
+        env["GSPO_DEBUG_DUMP"] = str(dump)
+    module = cli_args(*args, sets=sets)[1:]  # -m gspo_cli ARGS
+    return run_torchrun(nproc, module, env)
+
+
+def run_torchrun(
+    nproc: int, target: list[str], env: dict[str, str], timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """torchrun TARGET; a run past `timeout` gets SIGTERM, on which torchrun stops its
+    workers, so a hang fails the test without leaving processes behind."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        *target,
+    ]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
+        try:
+            proc.wait(timeout=timeout)
+            hung = False
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait(timeout=60)
+            hung = True
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if hung:
+        raise AssertionError(f"torchrun ran over {timeout} s: {(stdout + stderr)[-3000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 def without_timing(rows: list[dict[str, object]]) -> list[dict[str, object]]:

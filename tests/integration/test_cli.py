@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from gspo_cli import cli
 from gspo_cli import train as trainer
 from gspo_cli.cli import app
 from gspo_cli.recipe import Recipe
@@ -277,3 +279,73 @@ def test_eval_with_a_broken_reward_names_it_and_exits_1(
     text = result.output.replace("\n", "")
     assert "reward 'broken_reward_mod:fn'" in text and "reference=" in text, result.output
     assert not (out / "eval.json").exists()
+
+
+# --- --nproc: several processes through torchrun ------------------------------------------
+
+
+@pytest.fixture
+def execs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Record `os.execv` instead of replacing the process (and stop the command there)."""
+    import typer
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    calls: list[list[str]] = []
+
+    def fake_execv(path: str, argv: list[str]) -> None:
+        calls.append(argv)
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(cli.os, "execv", fake_execv)
+    return calls
+
+
+def test_nproc_starts_torchrun_with_the_same_command(
+    captured: list[Recipe], execs: list[list[str]], tmp_path: Path
+) -> None:
+    """--nproc 2 replaces the process with torchrun running the same train command, minus
+    --nproc; nothing trains in the launching process."""
+    out = str(tmp_path / "run")
+    args = ["train", "--set", "train.steps=3", "--out", out, "--quiet", "--nproc", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert execs == [
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "gspo_cli",
+            "train",
+            "--set",
+            "train.steps=3",
+            "--out",
+            out,
+            "--quiet",
+        ]
+    ]
+    assert captured == []
+
+
+def test_nproc_that_does_not_divide_the_prompts_is_refused_before_starting(
+    captured: list[Recipe], execs: list[list[str]]
+) -> None:
+    """16 prompts per step on 3 processes exits 2 naming the valid counts; nothing starts."""
+    result = runner.invoke(app, ["train", "--nproc", "3"])
+    assert result.exit_code == 2, result.output
+    assert "run on 1, 2, 4, 8, 16 processes" in result.output
+    assert execs == [] and captured == []
+
+
+def test_nproc_disagreeing_with_torchrun_is_refused(
+    captured: list[Recipe], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under torchrun (WORLD_SIZE set) a different --nproc is a user error."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    result = runner.invoke(app, ["train", "--nproc", "2"])
+    assert result.exit_code == 2, result.output
+    assert "torchrun started 4 processes" in result.output
+    assert captured == []

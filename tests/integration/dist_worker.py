@@ -1,0 +1,35 @@
+"""A torchrun worker for test_distributed.py: ranks decode different numbers of tokens from
+one FSDP2-sharded model, then train a step; it must neither hang nor crash at exit.
+
+Usage: torchrun --nproc_per_node 2 dist_worker.py MODEL_DIR
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from gspo_cli import distributed
+from gspo_cli.policy import LogProbModel, completion_logprobs, generate, load_policy
+
+
+def main(model_dir: str) -> None:
+    with distributed.session(distributed.from_env()) as cluster:
+        model, tokenizer = load_policy(model_dir, "float32", torch.device("cpu"), print)
+        policy = LogProbModel(model)
+        distributed.shard(policy, model)
+        new_tokens = 2 if cluster.rank == 0 else 12  # rank 0 finishes long before rank 1
+        prompts = ["12+34="] * (3 + cluster.rank)
+        seeds = list(range(len(prompts)))
+        with distributed.unsharded(policy):
+            gen = generate(model, tokenizer, prompts, max_new_tokens=new_tokens, seeds=seeds)
+        t = gen.completion_mask.shape[1]
+        logprobs = completion_logprobs(policy, gen.input_ids, gen.attention_mask, t)  # [n, T]
+        logprobs.sum().backward()
+        norm = distributed.local_value(torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0))
+        print(f"rank {cluster.rank} decoded {t} tokens, grad norm {float(norm):.6f}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

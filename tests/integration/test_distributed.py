@@ -1,0 +1,161 @@
+"""Two processes (torchrun, FSDP2, gloo on CPU) train exactly as one, on the warm-started
+tiny default: the same samples, metrics and, to 1e-5, the same final weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from gspo_cli.metrics import read_metrics
+
+from cli_runs import SMALL, cli_env, run_cli, run_torchrun, torchrun, train, without_timing
+
+HERE = Path(__file__).resolve().parent
+TOLERANCE = 1e-5  # fp32; measured differences are ~2e-7
+G = 4  # rollout.group_size in SMALL
+PROMPTS = 4  # rollout.prompts_per_step in SMALL
+# SMALL, plus micro-batches of about 2 rows (so ranks holding different numbers of a
+# minibatch's rows run different numbers of passes) and a KL term (a second sharded model).
+SETS = (*SMALL, "train.microbatch_tokens=24", "algo.kl_beta=0.05")
+# Values fixed by the sampled completions: equal exactly when the samples are.
+SAMPLED_KEYS = (
+    "reward_mean",
+    "reward_std",
+    "zero_std_frac",
+    "completion_len_mean",
+    "completion_len_max",
+    "truncated_frac",
+    "completion_tokens",
+    "skipped_steps",
+    "lr",
+    "eval_accuracy",
+    "eval_n",
+)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    model = AutoModelForCausalLM.from_pretrained(path)
+    return {name: p.detach() for name, p in model.named_parameters()}
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def assert_same_rows(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    """Same rows and keys; sample-determined values equal, loss-side values within 1e-5."""
+    got, want = without_timing(got), without_timing(want)
+    assert [(r["step"], sorted(r)) for r in got] == [(r["step"], sorted(r)) for r in want]
+    for a, b in zip(got, want, strict=True):
+        for key, value in b.items():
+            if key in SAMPLED_KEYS or not isinstance(value, float):
+                assert a[key] == value, (a["step"], key, a[key], value)
+            else:
+                assert a[key] == pytest.approx(value, rel=1e-4, abs=TOLERANCE), (a["step"], key)
+
+
+def tail(result: subprocess.CompletedProcess[str]) -> str:
+    return (result.stdout + result.stderr)[-3000:]
+
+
+@pytest.fixture(scope="module")
+def one_process(warm_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The reference: the SETS run in one process, with its debug dump."""
+    root = tmp_path_factory.mktemp("one-process")
+    out, dump = root / "run", root / "dump"
+    result = train(out, *SETS, dump=dump)
+    assert result.returncode == 0, tail(result)
+    return out, dump
+
+
+@pytest.mark.slow
+def test_two_processes_train_exactly_as_one(one_process: tuple[Path, Path], tmp_path: Path) -> None:
+    """torchrun --nproc_per_node 2: exit 0; final weights equal one process's within 1e-5;
+    both ranks hold the same weights; each prompt's G completions were sampled on one rank
+    and the ranks' prompts add up to the step's; rank 0's checkpoint is a plain HF model."""
+    one_out, one_dump = one_process
+    out, dump = tmp_path / "run", tmp_path / "dump"
+    result = torchrun(2, "train", "--quiet", "--out", str(out), sets=SETS, dump=dump)
+    assert result.returncode == 0, tail(result)
+    assert result.stdout.count("run finished") == 1, "only rank 0 prints"
+
+    final = weights(out / "final")
+    difference = max_difference(final, weights(one_out / "final"))
+    assert difference < TOLERANCE, f"2 processes differ from 1 by {difference:.3g}"
+    assert_same_rows(read_metrics(out / "metrics.jsonl"), read_metrics(one_out / "metrics.jsonl"))
+
+    ranks = [torch.load(dump / f"rank{r}.pt") for r in range(2)]
+    for rank in ranks:  # each rank's own gathered view equals the other's and the checkpoint
+        assert rank["world_size"] == 2
+        for name, value in final.items():
+            assert torch.equal(rank["weights"][name], value), (rank["rank"], name)
+
+    reference = torch.load(one_dump / "rank0.pt")["steps"]
+    for step0, step1, ref in zip(ranks[0]["steps"], ranks[1]["steps"], reference, strict=True):
+        assert step0["prompts"] == step1["prompts"] == ref["prompts"], "same prompts as 1 process"
+        assert set(step0["mine"]).isdisjoint(step1["mine"])
+        assert step0["mine"] + step1["mine"] == ref["prompts"]
+        assert len(step0["mine"]) == len(step1["mine"]) == PROMPTS // 2
+        owners = step0["sampled_by"]
+        assert owners == step1["sampled_by"] and len(owners) == PROMPTS * G
+        groups = [owners[i : i + G] for i in range(0, len(owners), G)]
+        assert all(len(set(group)) == 1 for group in groups), "a group was split across ranks"
+        assert [group[0] for group in groups] == [0, 0, 1, 1]
+
+    checkpoint = out / "checkpoints" / "step_000002"
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    assert manifest["world_size"] == 2
+    shards = sorted(p.name for p in (checkpoint / "optimizer").glob("*.distcp"))
+    assert shards == ["__0_0.distcp", "__1_0.distcp"]
+    assert sorted(p.name for p in (checkpoint / "rng").iterdir()) == ["rank0.pt", "rank1.pt"]
+    plain = AutoModelForCausalLM.from_pretrained(checkpoint)
+    assert type(plain).__name__ == "Qwen3ForCausalLM"
+
+
+@pytest.mark.slow
+def test_two_process_run_resumes_with_two_processes(
+    one_process: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Stop a 2-process run after 2 steps and resume it with 2 processes to 3: it ends as the
+    one-process 3-step run does. Resuming it with 1 process is refused (exit 2)."""
+    one_out, _ = one_process
+    out = tmp_path / "run"
+    first = torchrun(2, "train", "--quiet", "--out", str(out), sets=(*SETS, "train.steps=2"))
+    assert first.returncode == 0, tail(first)
+    before = (out / "metrics.jsonl").read_text()
+
+    wrong = run_cli("train", "--resume", str(out), "--quiet", sets=("train.steps=3",))
+    assert wrong.returncode == 2, tail(wrong)
+    assert "written by 2 process(es)" in wrong.stderr and "--nproc 2" in wrong.stderr
+    assert (out / "metrics.jsonl").read_text() == before
+
+    resumed = torchrun(2, "train", "--resume", str(out), "--quiet", sets=("train.steps=3",))
+    assert resumed.returncode == 0, tail(resumed)
+    assert "resuming" in resumed.stdout
+    difference = max_difference(weights(out / "final"), weights(one_out / "final"))
+    assert difference < TOLERANCE, f"resumed 2-process run differs by {difference:.3g}"
+    assert_same_rows(read_metrics(out / "metrics.jsonl"), read_metrics(one_out / "metrics.jsonl"))
+
+
+@pytest.mark.slow
+def test_ranks_decoding_different_lengths_do_not_hang(tiny_model_dir: Path) -> None:
+    """Rank 0 decodes 2 tokens and rank 1 twelve from one sharded model, then both train a
+    step and exit cleanly: generation runs on whole (unsharded) weights, with no collective
+    for a rank that is done to wait on."""
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
+    target = [str(HERE / "dist_worker.py"), str(tiny_model_dir)]
+    result = run_torchrun(2, target, env, timeout=120)
+    assert result.returncode == 0, tail(result)
+    lines = sorted(line for line in result.stdout.splitlines() if "decoded" in line)
+    assert len(lines) == 2, result.stdout
+    decoded = [int(line.split("decoded ")[1].split()[0]) for line in lines]
+    assert decoded[0] == 2 < decoded[1], f"the ranks should stop at different lengths: {lines}"
+    norms = {line.split("grad norm ")[1] for line in lines}
+    assert len(norms) == 1, f"the ranks disagree on the global gradient norm: {lines}"
