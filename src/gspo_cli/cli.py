@@ -312,6 +312,7 @@ def _train_here(
         view.progress.console.print(f"[cyan]{text}[/]", highlight=False)
 
     dump = os.environ.get("GSPO_DEBUG_DUMP")
+    nproc = f" --nproc {cluster.world_size}" if cluster.is_distributed else ""
     try:
         with view.progress:
             summary = trainer.run(
@@ -326,7 +327,7 @@ def _train_here(
     except KeyboardInterrupt:
         raise GspoError(
             f"aborted by a second interrupt; the last complete checkpoint is intact. "
-            f"Resume with: gspo train --resume {run_dir}"
+            f"Resume with: gspo train --resume {run_dir}{nproc}"
         ) from None
     finally:
         if resume is None and cluster.is_main and run_dir.is_dir() and not any(run_dir.iterdir()):

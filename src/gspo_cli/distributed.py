@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,21 +99,6 @@ def from_env() -> Cluster:
             "processes with torchrun or `gspo train --nproc N`"
         )
     return Cluster(rank=rank, world_size=world, local_rank=local if local is not None else 0)
-
-
-def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:
-    """`torchrun --standalone --nproc_per_node N -m gspo_cli ARGS` with this interpreter."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(nproc),
-        "-m",
-        "gspo_cli",
-        *args,
-    ]
 
 
 @contextmanager
@@ -238,12 +222,6 @@ def shard(policy: torch.nn.Module, model: Any) -> None:
     with torch.no_grad():
         policy(ids, torch.ones_like(ids), 1)
     policy.reshard()  # type: ignore[operator]  # a root keeps its parameters whole after forward
-
-
-def is_sharded(module: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(module, FSDPModule)
 
 
 @contextmanager

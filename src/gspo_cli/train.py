@@ -199,10 +199,8 @@ def _idle_pass(model: Any, gen: Any, row: int) -> None:
     t = gen.completion_mask.shape[1]
     p = gen.input_ids.shape[1] - t
     (mb,) = microbatch.plan(gen.attention_mask, gen.completion_mask, torch.tensor([row]), 0)
-    ids, attention = (
-        microbatch.take(gen.input_ids, mb, p),
-        microbatch.take(gen.attention_mask, mb, p),
-    )
+    ids = microbatch.take(gen.input_ids, mb, p)  # [1, P_k + T_k]
+    attention = microbatch.take(gen.attention_mask, mb, p)  # [1, P_k + T_k]
     logprobs = completion_logprobs(model, ids, attention, mb.completion_len)  # [1, T_k]
     (logprobs.sum() * 0.0).backward()  # type: ignore[no-untyped-call]
 
@@ -507,7 +505,7 @@ def run(
                 signal_name = _first(distributed.gather_objects(cluster, stop.signal_name))
                 raise Interrupted(
                     f"stopped by {signal_name} after step {step}; checkpoint saved. "
-                    f"Resume with: gspo train --resume {run_dir}",
+                    f"Resume with: gspo train --resume {run_dir}{_nproc_flag(cluster)}",
                     signal_name,
                 )
 
@@ -541,6 +539,11 @@ def _greedy_accuracy(
         )
     total = int(distributed.all_reduce(cluster, torch.tensor([correct])).item())
     return total / max(len(examples), 1)
+
+
+def _nproc_flag(cluster: Cluster) -> str:
+    """` --nproc N` when the run has N > 1 processes (a resume needs as many), else ''."""
+    return f" --nproc {cluster.world_size}" if cluster.is_distributed else ""
 
 
 def _first(names: list[str | None]) -> str:

@@ -4,7 +4,9 @@ tiny default: the same samples, metrics and, to 1e-5, the same final weights."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +14,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from gspo_cli.checkpoint import complete_checkpoints
 from gspo_cli.metrics import read_metrics
 
-from cli_runs import SMALL, cli_env, run_cli, run_torchrun, torchrun, train, without_timing
+from cli_runs import (
+    SMALL,
+    cli_args,
+    cli_env,
+    run_cli,
+    run_torchrun,
+    torchrun,
+    train,
+    without_timing,
+)
 
 HERE = Path(__file__).resolve().parent
 TOLERANCE = 1e-5  # fp32; measured differences are ~2e-7
@@ -159,3 +171,40 @@ def test_ranks_decoding_different_lengths_do_not_hang(tiny_model_dir: Path) -> N
     assert decoded[0] == 2 < decoded[1], f"the ranks should stop at different lengths: {lines}"
     norms = {line.split("grad norm ")[1] for line in lines}
     assert len(norms) == 1, f"the ranks disagree on the global gradient norm: {lines}"
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_nproc_stops_every_rank_after_a_checkpoint(
+    warm_tiny: Path, tmp_path: Path
+) -> None:
+    """`gspo train --nproc 2` becomes torchrun; SIGINT to it reaches both ranks, which
+    finish the step, write one complete checkpoint together and print how to resume."""
+    run = tmp_path / "run"
+    sets = (*SMALL, "train.steps=40", "train.eval_every=0", "train.save_every=0")
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cli_args("train", "--quiet", "--out", str(run), "--nproc", "2", sets=sets),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        metrics = run / "metrics.jsonl"
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.exists() and any(r["step"] >= 2 for r in read_metrics(metrics)):
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # to torchrun, which passes it to every rank
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert f"Resume with: gspo train --resume {run} --nproc 2" in stderr, stderr[-3000:]
+    (checkpoint,) = complete_checkpoints(run)
+    stopped_at = max(r["step"] for r in read_metrics(run / "metrics.jsonl"))
+    assert checkpoint.name == f"step_{stopped_at:06d}" and 2 <= stopped_at < 40
+    assert sorted(p.name for p in (checkpoint / "rng").iterdir()) == ["rank0.pt", "rank1.pt"]
