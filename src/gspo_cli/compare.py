@@ -28,6 +28,7 @@ import yaml
 
 from gspo_cli.checkpoint import FINAL_DIR, METRICS_FILE, RECIPE_FILE, write_text_atomic
 from gspo_cli.errors import UserError
+from gspo_cli.metrics import read_metrics
 from gspo_cli.recipe import DEFAULT_CLIP, Recipe, apply_override, validate
 
 TRAIN_KEYS = ("reward_mean", "clip_frac", "ratio_mean", "step_s", "tokens_per_s")
@@ -122,15 +123,12 @@ def run_state(run_dir: Path, steps: int) -> RunState:
 
 
 def _train_rows_lenient(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and "reward_mean" in row:
-            rows.append(row)
-    return rows
+    """The training rows of a metrics file, skipping lines that do not parse."""
+    return [
+        row
+        for row in read_metrics(path)
+        if isinstance(row.get("step"), int) and "reward_mean" in row
+    ]
 
 
 # --- reading runs ----------------------------------------------------------------------------
