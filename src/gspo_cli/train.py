@@ -443,10 +443,8 @@ def run(
             t0 = time.perf_counter()
             accuracy = _greedy_accuracy(policy, tokenizer, test_set, checker, recipe, cluster)
             seconds = time.perf_counter() - t0
-            log(
-                {"step": step, "eval_accuracy": accuracy, "eval_n": len(test_set)}
-                | {"eval_s": seconds}
-            )
+            row = {"step": step, "eval_accuracy": accuracy, "eval_n": len(test_set)}
+            log({**row, "eval_s": seconds})
             return accuracy
 
         first_accuracy = evals[0] if evals else evaluate(0)
