@@ -40,6 +40,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_moe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny Qwen3-MoE (8 experts, top-2) + character tokenizer, as a directory."""
+    from gspo_cli.tiny import build_moe_model, build_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-moe")
+    tokenizer = build_tokenizer()
+    model = build_moe_model(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 QWEN_TEMPLATE = (
     "{%- for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 from gspo_cli import microbatch
 from gspo_cli.errors import ModelError
 from gspo_cli.logprobs import DEFAULT_CHUNK_TOKENS, token_logprobs
-from gspo_cli.tiny import TINY_MODEL_NAME, build_tokenizer, ensure_tiny_model, tiny_model_dir
+from gspo_cli.tiny import EMBEDDED_MODELS, build_tokenizer, ensure_tiny_model, tiny_model_dir
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 def check_model_source(name: str) -> str:
     """The name as a local directory or hub id; a local-looking path must exist."""
-    if name == TINY_MODEL_NAME:
+    if name in EMBEDDED_MODELS:
         return name
     looks_local = name.startswith((".", "/", "~")) or Path(name).exists()
     if looks_local and not Path(name).expanduser().is_dir():
@@ -65,8 +66,8 @@ def check_model_source(name: str) -> str:
 
 def resolve_model_path(name: str, announce: Callable[[str], None]) -> str:
     """The embedded default's cached directory, or the name as given (hub id or local path)."""
-    if name == TINY_MODEL_NAME:
-        return str(ensure_tiny_model(announce))
+    if name in EMBEDDED_MODELS:
+        return str(ensure_tiny_model(announce, name))
     return check_model_source(name)
 
 
@@ -93,7 +94,7 @@ def load_tokenizer(name: str, announce: Callable[[str], None]) -> Any:
     building and warm-starting) the model: what preparing data needs."""
     from transformers import AutoTokenizer
 
-    if name == TINY_MODEL_NAME and not (tiny_model_dir() / "config.json").is_file():
+    if name in EMBEDDED_MODELS and not (tiny_model_dir(name) / "config.json").is_file():
         return _fix_tokenizer(build_tokenizer(), name)
     path = resolve_model_path(name, announce)
     try:
@@ -361,15 +362,20 @@ def batched_logprobs(
     temperature: float,
     max_tokens: int,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    around: Callable[[microbatch.MicroBatch], AbstractContextManager[Any]] | None = None,
 ) -> torch.Tensor:
     """`completion_logprobs` of every row of a generation, in token-budget micro-batches,
-    without gradients (π_old and the reference) -> [N, T], 0 on padding."""
+    without gradients (π_old and the reference) -> [N, T], 0 on padding. `around(mb)`, when
+    given, is a context open during micro-batch `mb`'s forward (e.g. recording MoE routing)."""
     n, t = gen.completion_mask.shape
     p = gen.input_ids.shape[1] - t
     out = torch.zeros(n, t, device=gen.input_ids.device)  # [N, T]
     for mb in microbatch.plan(gen.attention_mask, gen.completion_mask, torch.arange(n), max_tokens):
         ids = microbatch.take(gen.input_ids, mb, p)  # [n_k, P_k + T_k]
         attn = microbatch.take(gen.attention_mask, mb, p)  # [n_k, P_k + T_k]
-        lp = completion_logprobs(model, ids, attn, mb.completion_len, temperature, chunk_tokens)
+        with around(mb) if around is not None else nullcontext():
+            lp = completion_logprobs(
+                model, ids, attn, mb.completion_len, temperature, chunk_tokens
+            )  # [n_k, T_k]
         out[mb.rows, : mb.completion_len] = lp.float()  # [n_k, T_k]
     return out

@@ -47,7 +47,8 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     name: str = Field(
         "tiny-qwen3",
-        description="'tiny-qwen3' (the embedded default, built offline), a hub id such as "
+        description="'tiny-qwen3' (the embedded default, built offline), 'tiny-qwen3-moe' (its "
+        "mixture-of-experts twin), a hub id such as "
         "'Qwen/Qwen3-0.6B', or a local Hugging Face model directory",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -173,6 +174,11 @@ class AlgoSection(_Section):
     )
     max_log_ratio: float = Field(
         10.0, gt=0, description="bound on |log ratio| before exp, so the loss stays finite"
+    )
+    routing_replay: bool = Field(
+        False,
+        description="mixture-of-experts models: compute the current policy's log-probs with the "
+        "experts π_old chose (gradients still reach the router); a dense model refuses it",
     )
 
     @model_validator(mode="before")

@@ -13,16 +13,19 @@ with the seed `derive(seed, "sample", s, i)`, whichever rank samples it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from gspo_cli import distributed
+from gspo_cli import distributed, routing
 from gspo_cli.data import Example, render_prompt
 from gspo_cli.distributed import SINGLE, Cluster
 from gspo_cli.losses import group_advantages
+from gspo_cli.microbatch import MicroBatch
 from gspo_cli.policy import Generation, batched_logprobs, causal_lm, generate
 from gspo_cli.recipe import Recipe
 from gspo_cli.rewards import RewardFn, score
@@ -38,6 +41,8 @@ class RolloutBatch:
     old_logprobs: torch.Tensor  # [N, T] log π_old, fixed for every minibatch and epoch
     ref_logprobs: torch.Tensor | None  # [N, T] frozen reference, only when kl_beta > 0
     sampled_by: torch.Tensor | None = None  # [N] rank that sampled each row (None: one process)
+    # [N, P+T, L, k] experts π_old chose per (row, column, MoE layer); None for a dense model
+    old_experts: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -100,8 +105,14 @@ def collect(
         scored = time.perf_counter()
 
         budget, chunk = recipe.train.microbatch_tokens, recipe.train.logprob_chunk_tokens
+        old_experts, around = _routing_recorder(policy, gen, cluster)
         old = batched_logprobs(
-            policy, gen, temperature=temperature, max_tokens=budget, chunk_tokens=chunk
+            policy,
+            gen,
+            temperature=temperature,
+            max_tokens=budget,
+            chunk_tokens=chunk,
+            around=around,
         )  # [n, T]
         ref = None
         if ref_policy is not None:
@@ -111,7 +122,7 @@ def collect(
         done = time.perf_counter()
 
     gen, old, ref, sampled_by = _gather(cluster, gen, old, ref, tokenizer.pad_token_id)
-    batch = RolloutBatch(gen, rewards, advantages.to(old.device), old, ref, sampled_by)
+    batch = RolloutBatch(gen, rewards, advantages.to(old.device), old, ref, sampled_by, old_experts)
     timings = distributed.max_floats(
         cluster,
         {
@@ -132,6 +143,20 @@ def collect(
         **timings,
     )
     return batch, stats
+
+
+def _routing_recorder(
+    policy: Any, gen: Generation, cluster: Cluster
+) -> tuple[torch.Tensor | None, Callable[[MicroBatch], AbstractContextManager[Any]] | None]:
+    """For a mixture-of-experts policy in one process: an empty `[N, P+T, L, k]` tensor for
+    π_old's expert choices and the `batched_logprobs` hook that fills it. (None, None) for a
+    dense model, and under torchrun, where routing is not recorded.)"""
+    routers = routing.find_routers(policy)
+    if not routers or cluster.is_distributed:
+        return None, None
+    n, width = gen.input_ids.shape
+    into = routing.empty_choice(routers, n, width, gen.input_ids.device)
+    return into, routing.recording(routers, into, width - gen.completion_mask.shape[1])
 
 
 def _pad(tensor: torch.Tensor, width: int, value: float, *, left: bool) -> torch.Tensor:

@@ -1,10 +1,12 @@
-"""The embedded default: a tiny Qwen3 with a character tokenizer, built in code.
+"""The embedded models: a tiny Qwen3 (the default) and a tiny Qwen3-MoE, each with a
+character tokenizer, built in code.
 
 Nothing here touches a hub. `ensure_tiny_model(cache_dir)` builds the model from a
 `Qwen3Config`, gives it a short supervised warm start on the synthetic addition task
 (so the starting policy already gets some answers right and RL has a signal), and saves
 it as an ordinary Hugging Face directory that `AutoModelForCausalLM.from_pretrained`
 loads. The first call does the work (about a minute on 2 CPU cores); later calls reuse it.
+`tiny-qwen3-moe` is built, warm-started and cached the same way, in its own directory.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from gspo_cli.checkpoint import cache_root
 from gspo_cli.data import Example
 
 TINY_MODEL_NAME = "tiny-qwen3"
+TINY_MOE_NAME = "tiny-qwen3-moe"
 # Bump when the architecture, tokenizer or warm start change: the cache key includes it.
 TINY_VERSION = "1"
+TINY_MOE_VERSION = "1"
+EMBEDDED_MODELS = {TINY_MODEL_NAME: TINY_VERSION, TINY_MOE_NAME: TINY_MOE_VERSION}
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 _CHARS = string.digits + string.ascii_lowercase + "+-*/=()#,.?: "
@@ -72,6 +77,35 @@ def build_model(vocab_size: int, pad_id: int, eos_id: int, seed: int = 0) -> Any
     return Qwen3ForCausalLM(config)
 
 
+def build_moe_model(vocab_size: int, pad_id: int, eos_id: int, seed: int = 0) -> Any:
+    """A ~1.8M-parameter Qwen3MoeForCausalLM from config (random weights): the dense tiny
+    model's attention, and in every layer 8 experts of which each token uses 2 (top-2, weights
+    renormalised over the two, as in Qwen3-30B-A3B)."""
+    import torch
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    config = Qwen3MoeConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=384,
+        moe_intermediate_size=128,
+        num_experts=8,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        bos_token_id=eos_id,
+    )
+    torch.manual_seed(seed)
+    return Qwen3MoeForCausalLM(config)
+
+
 def _encode_answers(tokenizer: Any, examples: list[tuple[str, str]]) -> tuple[Any, Any, Any]:
     """Right-padded `prompt + answer + EOS` ids, attention mask and labels on the answer only."""
     import torch
@@ -112,11 +146,15 @@ def warm_start(model: Any, tokenizer: Any, target_accuracy: float) -> tuple[int,
     validation, pool = train[:256], train[256:]
     val_examples = [Example(p, r) for p, r in validation]
     optimiser = torch.optim.AdamW(model.parameters(), lr=WARM_START_LR)
+    # A mixture of experts also gets its load-balancing loss, so no expert is left unused.
+    balance = {"output_router_logits": True} if getattr(model.config, "num_experts", 0) else {}
     accuracy = 0.0
     for step in range(1, WARM_START_STEPS + 1):
         model.train()
         ids, attn, labels = _encode_answers(tokenizer, rng.sample(pool, WARM_START_BATCH))
-        loss = model(input_ids=ids, attention_mask=attn, labels=labels, use_cache=False).loss
+        loss = model(
+            input_ids=ids, attention_mask=attn, labels=labels, use_cache=False, **balance
+        ).loss
         loss.backward()
         optimiser.step()
         optimiser.zero_grad(set_to_none=True)
@@ -127,25 +165,26 @@ def warm_start(model: Any, tokenizer: Any, target_accuracy: float) -> tuple[int,
     return WARM_START_STEPS, accuracy
 
 
-def tiny_model_dir() -> Path:
-    """The cached warm-started tiny model's directory (it may not exist yet)."""
-    return cache_root() / f"{TINY_MODEL_NAME}-v{TINY_VERSION}"
+def tiny_model_dir(name: str = TINY_MODEL_NAME) -> Path:
+    """The cached warm-started embedded model's directory (it may not exist yet)."""
+    return cache_root() / f"{name}-v{EMBEDDED_MODELS[name]}"
 
 
-def ensure_tiny_model(announce: Callable[[str], None]) -> Path:
-    """Build, warm-start and cache the tiny default once; return its Hugging Face directory."""
+def ensure_tiny_model(announce: Callable[[str], None], name: str = TINY_MODEL_NAME) -> Path:
+    """Build, warm-start and cache an embedded model once; return its Hugging Face directory."""
     import torch
 
-    target = tiny_model_dir()
+    target = tiny_model_dir(name)
     if (target / "config.json").is_file():
         return target
     announce(
-        f"First run: building the embedded {TINY_MODEL_NAME} model and warm-starting it on "
+        f"First run: building the embedded {name} model and warm-starting it on "
         f"synthetic addition (about a minute); cached in {target}"
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    model = build_model(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    build = build_moe_model if name == TINY_MOE_NAME else build_model
+    model = build(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
     with torch.random.fork_rng():
         torch.manual_seed(WARM_START_SEED)
         steps, accuracy = warm_start(model, tokenizer, WARM_START_TARGET)

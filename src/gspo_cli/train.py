@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from gspo_cli import distributed, microbatch, rewards
+from gspo_cli import distributed, microbatch, rewards, routing
 from gspo_cli.checkpoint import (
     METRICS_FILE,
     OPTIMIZER_DIR,
@@ -152,6 +152,7 @@ def accumulate_gradients(
     rows: torch.Tensor,
     recipe: Recipe,
     cluster: Cluster = SINGLE,
+    meter: routing.DriftMeter | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, LossStats]:
     """Backward one minibatch in token-budget micro-batches.
 
@@ -164,6 +165,10 @@ def accumulate_gradients(
     many forwards and backwards (FSDP's collectives must pair up). The returned loss, KL
     and stats are recomputed (without gradients) from every rank's log-probs, so they are
     the minibatch's own, not an average of parts.
+
+    Mixture-of-experts policies: with `algo.routing_replay` each forward routes tokens to the
+    experts π_old chose; a `meter` adds up how far the routers' own choice has drifted from
+    π_old's over the minibatch's completion tokens (see `routing`).
     """
     gen = batch.gen
     n, t = len(rows), gen.completion_mask.shape[1]
@@ -174,15 +179,20 @@ def accumulate_gradients(
     budget = recipe.train.microbatch_tokens
     plans = microbatch.plan(gen.attention_mask, gen.completion_mask, rows[mine], budget)
     passes = distributed.max_int(cluster, len(plans))  # before any pass: collectives pair up
+    replay = recipe.algo.routing_replay
     for mb in plans:
-        logprobs = completion_logprobs(
-            model,
-            microbatch.take(gen.input_ids, mb, p),
-            microbatch.take(gen.attention_mask, mb, p),
-            mb.completion_len,
-            recipe.rollout.temperature,
-            recipe.train.logprob_chunk_tokens,
-        )  # [n_k, T_k]
+        experts = batch.old_experts
+        with routing.update_pass(
+            model, experts, gen.completion_mask, mb, p, replay=replay, meter=meter
+        ):
+            logprobs = completion_logprobs(
+                model,
+                microbatch.take(gen.input_ids, mb, p),
+                microbatch.take(gen.attention_mask, mb, p),
+                mb.completion_len,
+                recipe.rollout.temperature,
+                recipe.train.logprob_chunk_tokens,
+            )  # [n_k, T_k]
         loss, _, _ = _objective(logprobs, batch, mb.rows, recipe)
         (loss * (len(mb.rows) * cluster.world_size / n)).backward()  # type: ignore[no-untyped-call]
         gathered[mine[mb.positions], : mb.completion_len] = logprobs.detach().float()
@@ -220,12 +230,15 @@ def update(
     recipe: Recipe,
     step: int = 0,
     cluster: Cluster = SINGLE,
+    meter: routing.DriftMeter | None = None,
 ) -> tuple[UpdateStats, list[str | None]]:
     """`epochs × minibatches` optimiser steps on one rollout batch.
 
     Returns the stats and, per optimiser step in order, None when it was taken or what was
     not finite when it was skipped. Every rank takes the same decisions: the loss and the
-    gradient norm are the whole minibatch's.
+    gradient norm are the whole minibatch's. A `meter` (MoE policies) measures router drift
+    at the last minibatch: its forward, before its optimiser step, is the current policy
+    after all the step's other updates.
     """
     started = time.perf_counter()
     n = batch.gen.completion_mask.shape[0]
@@ -234,8 +247,11 @@ def update(
     outcomes: list[str | None] = []
     for epoch in range(recipe.algo.epochs):
         order = minibatch_order(n, recipe.seed, step, epoch)  # [N]
-        for rows in order.chunk(recipe.algo.minibatches):  # [N / minibatches] each
-            loss, kl, stats = accumulate_gradients(model, batch, rows, recipe, cluster)
+        for i, rows in enumerate(order.chunk(recipe.algo.minibatches)):  # [N / minibatches]
+            last = epoch == recipe.algo.epochs - 1 and i == recipe.algo.minibatches - 1
+            loss, kl, stats = accumulate_gradients(
+                model, batch, rows, recipe, cluster, meter if last else None
+            )
             grad_norm = distributed.local_value(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
             )
@@ -388,6 +404,7 @@ def run(
     source = str(resume_from) if resume_from else recipe.model.name
     policy, tokenizer = _build_policy(source, recipe, cluster, say)
     policy.train()
+    meter = _drift_meter(policy, recipe, cluster)  # None for a dense model
     ref_policy = _reference(policy, recipe, resume_from is not None, cluster, say)
     reward_fn = rewards.combine(recipe.reward_terms)
     checker = rewards.checker(recipe.reward_terms)  # decides correct answers in evaluations
@@ -470,7 +487,7 @@ def run(
             if debug_dump is not None:
                 sampled.append(_sampled_record(step, indices, share, batch))
             update_stats, outcomes = update(
-                policy, optimizer, scheduler, batch, recipe, step, cluster
+                policy, optimizer, scheduler, batch, recipe, step, cluster, meter
             )
             step_s = time.perf_counter() - step_start
             log(
@@ -478,6 +495,7 @@ def run(
                     "step": step,
                     **asdict(rollout_stats),
                     **asdict(update_stats),
+                    **(meter.metrics() if meter is not None else {}),
                     "lr": optimizer.param_groups[0]["lr"],
                     "rollout_s": rollout_stats.seconds,
                     "step_s": step_s,
@@ -514,6 +532,28 @@ def run(
     return TrainSummary(
         run_dir, recipe.train.steps, first_accuracy, last_accuracy, time.perf_counter() - started
     )
+
+
+def _drift_meter(
+    policy: LogProbModel, recipe: Recipe, cluster: Cluster
+) -> routing.DriftMeter | None:
+    """A router-drift meter for a mixture-of-experts policy in one process, else None.
+    `algo.routing_replay` needs one: it is refused before any step otherwise."""
+    routers = routing.find_routers(policy)
+    if recipe.algo.routing_replay and not routers:
+        raise UserError(
+            f"algo.routing_replay: model {recipe.model.name!r} has no Qwen3-MoE routers, so "
+            "there is no expert choice to replay; use a Qwen3-MoE model (e.g. model.name: "
+            "tiny-qwen3-moe) or set algo.routing_replay: false"
+        )
+    if routers and cluster.is_distributed:
+        if recipe.algo.routing_replay:
+            raise UserError(
+                "algo.routing_replay: not supported under torchrun yet (π_old's expert choices "
+                "are recorded in one process only); run in one process or set it to false"
+            )
+        return None
+    return routing.DriftMeter() if routers else None
 
 
 def _greedy_accuracy(
