@@ -678,10 +678,11 @@ def _comparison_table(groups: list[AlgoSummary]) -> Table:
     table = Table(title="GSPO / GRPO comparison (mean ± std over seeds)")
     table.add_column("algorithm", no_wrap=True)
     table.add_column("seeds")
-    for title in comparing.COLUMNS.values():
+    shown = comparing.columns(groups)
+    for title in shown.values():
         table.add_column(title, justify="right")
     for g in groups:
-        cells = [comparing.format_stat(g.stats[k], k) for k in comparing.COLUMNS]
+        cells = [comparing.format_stat(g.stats[k], k) for k in shown]
         table.add_row(g.label, ", ".join(map(str, g.seeds)), *cells)
     return table
 

@@ -32,6 +32,7 @@ from gspo_cli.metrics import read_metrics
 from gspo_cli.recipe import DEFAULT_CLIP, Recipe, apply_override, validate
 
 TRAIN_KEYS = ("reward_mean", "clip_frac", "ratio_mean", "step_s", "tokens_per_s")
+ROUTER_KEY = "router_drift"  # mixture-of-experts runs only: compared when every row has it
 REPORT_FILE = "report.md"
 SUMMARY_PNG = "summary.png"
 FINAL_REWARD_FRACTION = 0.1  # "final reward": mean reward_mean over the last 10% of steps
@@ -220,6 +221,8 @@ def _read_rows(path: Path) -> tuple[dict[int, dict[str, float]], dict[int, float
             if missing:
                 raise RunProblem(f"{where}: train row without {', '.join(missing)}")
             train[step] = {k: _number(row[k], f"{where}: {k}") for k in TRAIN_KEYS}
+            if ROUTER_KEY in row:
+                train[step][ROUTER_KEY] = _number(row[ROUTER_KEY], f"{where}: {ROUTER_KEY}")
         else:
             raise RunProblem(f"{where} is neither a train row nor an eval row")
     return train, evals
@@ -250,7 +253,8 @@ def load_run(run_dir: Path) -> RunData:
             f"`gspo train --resume {run_dir}` or rerun the comparison with --out"
         )
     order = sorted(train)
-    series = {k: tuple(train[s][k] for s in order) for k in TRAIN_KEYS}
+    keys = TRAIN_KEYS + ((ROUTER_KEY,) if all(ROUTER_KEY in train[s] for s in order) else ())
+    series = {k: tuple(train[s][k] for s in order) for k in keys}
     eval_order = sorted(evals)
     return RunData(
         run_dir,
@@ -318,6 +322,7 @@ class RunSummary:
     clip_frac: float  # mean over steps
     wall_s: float  # sum of step_s (evaluations excluded)
     tokens_per_s: float  # mean over steps
+    router_drift: float  # mean over steps; nan for a dense model
 
 
 def summarise_run(run: RunData) -> RunSummary:
@@ -334,6 +339,7 @@ def summarise_run(run: RunData) -> RunSummary:
         clip_frac=_mean(run.series["clip_frac"]),
         wall_s=sum(_finite(run.series["step_s"])),
         tokens_per_s=_mean(run.series["tokens_per_s"]),
+        router_drift=_mean(run.series.get(ROUTER_KEY, ())),
     )
 
 
@@ -362,7 +368,14 @@ COLUMNS: dict[str, str] = {  # RunSummary field -> column title
     "clip_frac": "clip frac",
     "wall_s": "wall s",
     "tokens_per_s": "tok/s",
+    ROUTER_KEY: "router drift",  # shown only when some run has it (`columns`)
 }
+
+
+def columns(groups: Sequence[AlgoSummary]) -> dict[str, str]:
+    """The table's columns: COLUMNS, without router drift when no run is a MoE run."""
+    moe = any(g.stats[ROUTER_KEY].n for g in groups)
+    return {k: v for k, v in COLUMNS.items() if moe or k != ROUTER_KEY}
 
 
 @dataclass(frozen=True)
@@ -404,7 +417,8 @@ def format_stat(value: Stat, key: str) -> str:
     """`mean ± std` with digits suited to the column (± omitted for one seed)."""
     if value.n == 0:
         return "-"
-    digits = {"wall_s": ".0f", "tokens_per_s": ".0f", "clip_frac": ".2g"}.get(key, ".3f")
+    formats = {"wall_s": ".0f", "tokens_per_s": ".0f", "clip_frac": ".2g", ROUTER_KEY: ".2g"}
+    digits = formats.get(key, ".3f")
     text = f"{value.mean:{digits}}"
     return text if value.n == 1 else f"{text} ± {value.std:{digits}}"
 
@@ -445,17 +459,19 @@ def report_markdown(
 ) -> str:
     """report.md: headline, the table, the command, per-run paths, plots and notes."""
     lines = ["# GSPO / GRPO comparison", "", headline(groups), ""]
-    header = ["algorithm", "seeds", *COLUMNS.values()]
+    shown = columns(groups)
+    header = ["algorithm", "seeds", *shown.values()]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for g in groups:
-        cells = [format_stat(g.stats[k], k) for k in COLUMNS]
+        cells = [format_stat(g.stats[k], k) for k in shown]
         lines.append(f"| {g.label} | {', '.join(map(str, g.seeds))} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Mean ± sample std over seeds. Final and best acc: the last and the highest held-out "
         "`eval_accuracy`; reward: mean `reward_mean` over the last 10% of steps; clip frac: "
         "mean `clip_frac` over steps; wall s: sum of `step_s` (evaluations excluded); tok/s: "
-        "mean `tokens_per_s`.",
+        "mean `tokens_per_s`"
+        + ("; router drift: mean `router_drift` over steps." if ROUTER_KEY in shown else "."),
         "",
         "## Command",
         "",
@@ -496,6 +512,13 @@ PANELS: tuple[tuple[str, str, bool], ...] = (
     ("clip_frac", "clip fraction (log scale)", True),
     ("ratio_mean", "importance ratio (mean)", False),
 )
+ROUTER_PANEL = (ROUTER_KEY, "router drift: (token, layer) expert sets changed", False)
+
+
+def panels(groups: Sequence[AlgoSummary]) -> tuple[tuple[str, str, bool], ...]:
+    """PANELS, plus router drift when some run is a mixture-of-experts run."""
+    moe = any(ROUTER_KEY in r.series for g in groups for r in g.runs)
+    return PANELS + ((ROUTER_PANEL,) if moe else ())
 
 
 COLORS = {"gspo": "C0", "grpo": "C1", "gspo_token": "C2"}  # matplotlib's default cycle
@@ -550,9 +573,11 @@ def band(runs: Sequence[RunData], key: str, by_wall: bool, window: int = 1) -> B
 
 
 def _draw(ax: Any, groups: Sequence[AlgoSummary], key: str, log: bool, by_wall: bool) -> None:
-    title = next(t for k, t, _ in PANELS if k == key)
+    title = next(t for k, t, _ in (*PANELS, ROUTER_PANEL) if k == key)
     positive = False
     for i, group in enumerate(groups):
+        if key != "eval_accuracy" and not all(key in r.series for r in group.runs):
+            continue  # dense runs have no router drift
         steps = min(len(r.train_steps) for r in group.runs)
         window = 1 if key == "eval_accuracy" else max(1, steps // 50)
         b = band(group.runs, key, by_wall, window)
@@ -588,8 +613,9 @@ def _save_png(fig: Any, path: Path) -> None:
 
 
 def write_plots(out_dir: Path, groups: Sequence[AlgoSummary]) -> list[Path]:
-    """summary.png (a 2×4 grid: each metric against step and against wall time) and one
-    PNG per metric; lines are means over seeds with a min-max band. Headless (Agg)."""
+    """summary.png (a 2×4 grid, 2×5 with router drift: each metric against step and against
+    wall time) and one PNG per metric; lines are means over seeds with a min-max band.
+    Headless (Agg)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -597,17 +623,18 @@ def write_plots(out_dir: Path, groups: Sequence[AlgoSummary]) -> list[Path]:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    fig = Figure(figsize=(20, 9), layout="constrained")
+    shown = panels(groups)
+    fig = Figure(figsize=(5 * len(shown), 9), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, len(PANELS))
-    for col, (key, _, log) in enumerate(PANELS):
+    axes = fig.subplots(2, len(shown))
+    for col, (key, _, log) in enumerate(shown):
         for row, by_wall in enumerate((False, True)):
             _draw(axes[row][col], groups, key, log, by_wall)
     fig.suptitle(headline(groups), fontsize=12)
     path = out_dir / SUMMARY_PNG
     _save_png(fig, path)
     written.append(path)
-    for key, _, log in PANELS:
+    for key, _, log in shown:
         fig = Figure(figsize=(11, 4), layout="constrained")
         FigureCanvasAgg(fig)
         left, right = fig.subplots(1, 2)

@@ -322,3 +322,40 @@ def test_plan_runs_rejects_unknown_algorithm(tmp_path: Path) -> None:
         UserError, match=r"unknown algorithm 'ppo'; choose from gspo, gspo_token, grpo"
     ):
         compare.plan_runs({}, ["gspo", "ppo"], [0], [], tmp_path, "default recipe")
+
+
+def _with_router_drift(run: Path, drifts: list[float]) -> Path:
+    """Add `router_drift` (a MoE run's key) to every train row of a made run."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        if "reward_mean" in row:
+            row["router_drift"] = drifts[row["step"] - 1]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_router_drift_is_compared_only_when_runs_have_it(
+    three_runs: list[Path], tmp_path: Path
+) -> None:
+    """Dense runs: no router column or panel. MoE runs: the mean over steps in the table
+    (gspo seeds 0.02 and 0.04 → 0.03 ± 0.014) and a fifth panel."""
+    dense = compare.aggregate(compare.load_runs(three_runs)[0])
+    assert "router_drift" not in compare.columns(dense)
+    assert [k for k, _, _ in compare.panels(dense)] == [k for k, _, _ in compare.PANELS]
+    moe_root = tmp_path / "moe"
+    runs = [
+        _with_router_drift(make_run(moe_root, "g0", "gspo", 0, *GSPO0), [0.01, 0.03] * 5),
+        _with_router_drift(make_run(moe_root, "g1", "gspo", 1, *GSPO1), [0.04] * 10),
+        make_run(moe_root, "r0", "grpo", 0, *GRPO0),  # a dense run alongside
+    ]
+    groups = compare.aggregate(compare.load_runs(runs)[0])
+    assert compare.columns(groups)["router_drift"] == "router drift"
+    gspo, grpo = groups
+    assert gspo.stats["router_drift"].mean == pytest.approx(0.03, abs=1e-12)
+    assert gspo.stats["router_drift"].std == pytest.approx(0.01 * math.sqrt(2), abs=1e-12)
+    assert grpo.stats["router_drift"].n == 0
+    text = compare.report_markdown(groups, "cmd", [], [])
+    assert "| router drift |" in text and "| 0.03 ± 0.014 |" in text, text
+    assert "| grpo | 0 | 0.400 | 0.400 | 0.500 | 0.001 | 20 | 550 | - |" in text, text
+    written = compare.write_plots(tmp_path / "plots", groups)
+    assert "router_drift.png" in {p.name for p in written}
