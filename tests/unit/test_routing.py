@@ -255,3 +255,16 @@ def test_replay_on_a_dense_model_is_refused_before_training(
     with pytest.raises(UserError, match=r"algo.routing_replay: model .* has no Qwen3-MoE routers"):
         _train_rows(tiny_model_dir, tmp_path / "run", "algo.routing_replay=true")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_moe_rows_carry_exactly_the_documented_keys(tiny_moe_dir: Path, tmp_path: Path) -> None:
+    """A MoE run's train rows: the README's train keys plus its moe keys, nothing else."""
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    table = re.findall(r"^\| `(\w+)` \| (\w+) \|", section, re.M)
+    expected = {key for key, row in table if row in ("train", "both", "moe")}
+    assert {"router_drift", "router_drift_tokens"} <= expected
+    rows = _train_rows(tiny_moe_dir, tmp_path / "run", "train.steps=1")
+    assert set(rows[0]) == expected, set(rows[0]) ^ expected

@@ -168,3 +168,23 @@ def test_addition_split_ignores_the_global_rng() -> None:
         assert addition_examples("test") == first
     finally:
         random.setstate(state)
+
+
+def test_moe_twin_is_cached_apart_and_accepted_as_a_model_name() -> None:
+    """tiny-qwen3-moe has its own versioned cache directory and is a known model name."""
+    from gspo_cli.policy import check_model_source
+    from gspo_cli.tiny import TINY_MOE_NAME, tiny_model_dir
+
+    assert tiny_model_dir(TINY_MOE_NAME).name == "tiny-qwen3-moe-v1"
+    assert tiny_model_dir().name == "tiny-qwen3-v1"
+    assert check_model_source(TINY_MOE_NAME) == TINY_MOE_NAME
+
+
+def test_moe_model_from_config_has_top2_of_8_experts_in_every_layer() -> None:
+    """Four MoE layers, 8 experts each, top-2 with renormalised weights."""
+    from gspo_cli.tiny import build_moe_model
+
+    tokenizer = build_tokenizer()
+    model = build_moe_model(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    gates = [layer.mlp.gate for layer in model.model.layers]
+    assert [(g.num_experts, g.top_k, g.norm_topk_prob) for g in gates] == [(8, 2, True)] * 4
