@@ -503,7 +503,7 @@ def check(recipe: RecipeArg = None, set_: SetOpt = None, nproc: CheckNprocOpt = 
             problems += exc.problems
             plan = preflight.batch_plan(loaded, 1, longest)
         console.print(_batch_table(plan))
-        for i, example in enumerate(examples[:2], 1):
+        for i, example in enumerate(examples[:2] if tokenizer is not None else [], 1):
             _show_prompt(tokenizer, example, i)
         warnings = 0
         if examples:
@@ -520,18 +520,26 @@ def check(recipe: RecipeArg = None, set_: SetOpt = None, nproc: CheckNprocOpt = 
 
 
 def _check_data(loaded: Recipe, problems: list[str]) -> tuple[Any, list[Any], int | None]:
-    """(tokenizer, prepared training examples, longest prompt in tokens), preparing the data
-    when it is not yet; on failure the problem is added and nothing is returned."""
+    """(tokenizer, training examples, longest prompt in tokens), preparing the data when it
+    is not yet. Without a tokenizer the rewards are still probed on the unprepared examples;
+    each failure is added to `problems` and leaves its part out (None, [])."""
+    from gspo_cli.data import locate_source, source_examples
     from gspo_cli.policy import check_model_source, load_tokenizer
     from gspo_cli.prepare import load_task
 
+    tokenizer = None
     try:
         check_model_source(loaded.model.name)
         tokenizer = load_tokenizer(loaded.model.name, _announce)
+    except UserError as exc:
+        problems.append(f"{exc} (so no prompt is shown)")
+    try:
+        if tokenizer is None:
+            return None, source_examples(loaded.data, locate_source(loaded.data))["train"], None
         prepared, splits = load_task(loaded.data, tokenizer, loaded.model.name, _announce)
     except UserError as exc:
-        problems.append(f"{exc} (so no prompts are shown and no reward is probed)")
-        return None, [], None
+        problems.append(f"{exc} (so no reward is probed)")
+        return tokenizer, [], None
     return tokenizer, splits["train"], prepared.counts()["train"].prompt_tokens_max
 
 

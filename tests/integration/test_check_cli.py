@@ -136,3 +136,18 @@ def test_train_with_a_nan_reward_fails_before_the_model_loads(
     assert result.exit_code == 2, result.output
     assert f"reward check on 3 prepared examples: reward '{spec}' returned nan" in result.output
     assert not out_dir.exists(), list(out_dir.iterdir())
+
+
+def test_every_problem_is_listed_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing model directory, 3 processes for 16 prompts and a raising reward: one error
+    listing all three; the reward is still probed (on the unprepared examples)."""
+    spec = _user_reward(tmp_path, monkeypatch, "raises", "check_reward_all")
+    args = ["check", "--set", "model.name=./no/such/model", "--set", f"reward={spec}"]
+    result = runner.invoke(app, [*args, "--nproc", "3"])
+    assert result.exit_code == 2, result.output
+    out = result.output
+    assert "gspo check: the default recipe has 3 problems:" in out, out
+    assert "model.name './no/such/model' looks like a local path" in out, out
+    assert "16 prompts do not split evenly over 3 processes" in out, out
+    assert f"reward '{spec}' raised KeyError: 'answer' on completion=" in out, out
+    assert "prompt 1" not in out, out
