@@ -294,3 +294,13 @@ def test_probe_totals_are_the_weighted_reward() -> None:
     """The probe totals are the training reward: Σ weight · term (2 × exact = 2)."""
     probe = probe_rewards([("exact", 2.0)], ADDITION[:1])
     assert probe.correct == [2.0] and all(math.isfinite(v) for v in probe.malformed)
+
+
+def test_recipe_doctests_hold() -> None:
+    """The nearest-divisor examples in recipe.py are true."""
+    import doctest
+
+    from gspo_cli import recipe
+
+    result = doctest.testmod(recipe)
+    assert result.attempted > 0 and result.failed == 0, result
