@@ -10,6 +10,7 @@ to set instead. Field descriptions double as the README's recipe reference.
 from __future__ import annotations
 
 import difflib
+import math
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -328,15 +329,40 @@ def _contradictions(recipe: Recipe) -> list[str]:
     problems = []
     n, m = recipe.completions_per_step, recipe.algo.minibatches
     if n % m:
-        ok = sorted(d for d in range(1, n + 1) if n % d == 0 and abs(d - m) <= max(m, 4))
-        problems.append(
-            f"algo.minibatches: {m} does not divide the {n} completions per step "
-            f"(rollout.prompts_per_step {recipe.rollout.prompts_per_step} × rollout.group_size "
-            f"{recipe.rollout.group_size}); set it to one of {ok}"
-        )
+        problems.append(_indivisible_minibatches(recipe))
     if m > n:
         problems.append(f"algo.minibatches: {m} is more than the {n} completions per step")
     return problems + _data_contradictions(recipe.data)
+
+
+def _indivisible_minibatches(recipe: Recipe) -> str:
+    """Why the step's completions do not split into equal minibatches, naming every factor,
+    with the nearest minibatch counts and prompts per step that would."""
+    p, g, m = recipe.rollout.prompts_per_step, recipe.rollout.group_size, recipe.algo.minibatches
+    n = p * g
+    counts = " or ".join(str(d) for d in _divisors_near(n, m))
+    # p' × g divides by m exactly when p' is a multiple of m / gcd(g, m).
+    unit = m // math.gcd(g, m)
+    sizes = sorted({unit * max(1, p // unit), unit * (p // unit + 1)})
+    examples = ", ".join(f"{q} × {g} = {q * g}" for q in sizes)
+    return (
+        f"algo.minibatches: {m} does not divide the {n} completions per step "
+        f"(rollout.prompts_per_step {p} × rollout.group_size {g}), so the minibatches would "
+        f"differ in size; set algo.minibatches to {counts} (the nearest divisors of {n}), or "
+        f"rollout.prompts_per_step to {' or '.join(map(str, sizes))} ({examples}, each a "
+        f"multiple of {m})"
+    )
+
+
+def _divisors_near(n: int, m: int, reach: int = 10_000) -> list[int]:
+    """The divisors of `n` nearest to `m` from below and from above (within `reach`).
+
+    >>> _divisors_near(128, 5), _divisors_near(128, 200), _divisors_near(7, 3)
+    ([4, 8], [128], [1, 7])
+    """
+    below = next((d for d in range(min(m, n), max(0, m - reach), -1) if n % d == 0), None)
+    above = next((d for d in range(m, min(n, m + reach) + 1) if n % d == 0), None)
+    return sorted({d for d in (below, above) if d is not None})
 
 
 def _data_contradictions(data: DataSection) -> list[str]:

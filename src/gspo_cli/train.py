@@ -62,6 +62,7 @@ from gspo_cli.policy import (
     load_tokenizer,
     pick_device,
 )
+from gspo_cli.preflight import require_working_rewards
 from gspo_cli.prepare import load_task
 from gspo_cli.recipe import Recipe, check_world_size
 from gspo_cli.rollout import RolloutBatch, collect
@@ -401,6 +402,7 @@ def run(
         recipe.data, load_tokenizer(recipe.model.name, say), recipe.model.name, say
     )
     train_set, test_set = splits["train"], splits["test"][: recipe.data.eval_size]
+    require_working_rewards(recipe, train_set, say)  # a broken reward fails before the model
     source = str(resume_from) if resume_from else recipe.model.name
     policy, tokenizer = _build_policy(source, recipe, cluster, say)
     policy.train()

@@ -71,12 +71,16 @@ def test_unknown_key_suggests_the_closest() -> None:
 
 
 def test_indivisible_minibatches_name_factors_and_valid_values() -> None:
-    """Minibatches that do not divide prompts × group are refused with the valid choices."""
+    """Minibatches that do not divide prompts × group are refused with the nearest valid
+    choices: 5 does not divide 16 × 8 = 128; its nearest divisors are 4 and 8, and 15 or 20
+    prompts (× 8 = 120, 160) divide by 5."""
     with pytest.raises(RecipeError) as info:
         validate({"algo": {"minibatches": 5}})
     message = info.value.problems[0]
-    assert "16" in message and "8" in message and "128" in message, message
-    assert "[1, 2, 4, 8]" in message, message
+    assert "5 does not divide the 128 completions per step" in message, message
+    assert "rollout.prompts_per_step 16 × rollout.group_size 8" in message, message
+    assert "set algo.minibatches to 4 or 8 (the nearest divisors of 128)" in message, message
+    assert "rollout.prompts_per_step to 15 or 20 (15 × 8 = 120, 20 × 8 = 160" in message, message
 
 
 def test_override_reaches_nested_value_and_parses_yaml_scalars() -> None:

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from gspo_cli.errors import RewardError, UserError
-from gspo_cli.rewards.countdown import countdown, extract_answer_tag
+from gspo_cli.rewards.countdown import countdown, extract_answer_tag, parse_reference, solve
 from gspo_cli.rewards.format import format_answer_tag, format_boxed, format_gsm8k
 from gspo_cli.rewards.math_answers import (
     extract_boxed,
@@ -77,6 +77,40 @@ EXTRACTORS: dict[str, Extractor] = {
 }
 
 
+# How each registered reward expects an answer written in a completion (`{}`: the answer):
+# `gspo check` writes a correct answer this way and expects the checker to give it 1.0.
+ANSWER_FORMS: dict[str, str] = {
+    "gsm8k": "#### {}",
+    "math_boxed": "\\boxed{{{}}}",
+    "countdown": "<answer>{}</answer>",
+    "format_gsm8k": "#### {}",
+    "format_boxed": "\\boxed{{{}}}",
+    "format_answer_tag": "<answer>{}</answer>",
+}
+
+
+def correct_completion(name: str, reference: str, answer: str | None = None) -> str | None:
+    """A completion reward `name` should count as correct for `reference`: the answer (the
+    reference; for countdown a solution found by search) in the form the reward reads, the
+    reference itself for a reward without a known form (a user's). With `answer` given, that
+    text in the same form instead (`""`: the form with the answer removed). None when no
+    correct answer can be built (a countdown problem without a solution).
+
+    >>> correct_completion("gsm8k", "72"), correct_completion("gsm8k", "72", answer="")
+    ('#### 72', '#### ')
+    >>> correct_completion("countdown", '{"numbers": [3, 5, 7], "target": 22}')
+    '<answer>(7 + (3 * 5))</answer>'
+    """
+    if answer is None and name == "countdown":
+        try:
+            answer = solve(*parse_reference(reference))
+        except (ValueError, KeyError, TypeError):
+            return None
+        if answer is None:
+            return None
+    return ANSWER_FORMS.get(name, "{}").format(reference if answer is None else answer)
+
+
 def _import_reward(spec: str) -> RewardFn:
     """A user's reward `package.module:function`, imported from the installed packages or the
     current directory; a UserError saying what is wrong otherwise."""
@@ -103,16 +137,29 @@ def _import_reward(spec: str) -> RewardFn:
             f"reward {spec!r}: module {module_name!r} {what} {attribute!r}; name a function "
             "fn(completion: str, reference: str) -> float"
         )
-    try:
-        inspect.signature(fn).bind("completion", "reference")
-    except TypeError:
-        raise UserError(
-            f"reward {spec!r}: {attribute}{inspect.signature(fn)} cannot be called as "
-            "fn(completion, reference)"
-        ) from None
-    except ValueError:  # no signature to inspect (some builtins): trust it
-        pass
+    problem = signature_problem(fn, spec)
+    if problem is not None:
+        raise UserError(problem)
     return fn  # type: ignore[no-any-return]
+
+
+def signature_problem(fn: Callable[..., object], name: str) -> str | None:
+    """Why `fn` cannot be called as a reward, `fn(completion, reference)`; None when it can
+    (or has no signature to inspect, as some builtins)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind("completion", "reference")
+    except TypeError:
+        called = getattr(fn, "__name__", "fn")
+        return (
+            f"reward {name!r}: {called}{signature} cannot be called as fn(completion, "
+            f"reference); a reward is called once per completion with two strings, so write "
+            f"it as def {called}(completion: str, reference: str) -> float"
+        )
+    return None
 
 
 def get(name: str) -> RewardFn:
@@ -142,21 +189,37 @@ def label(terms: Terms) -> str:
 def call(fn: RewardFn, name: str, completion: str, reference: str) -> float:
     """`fn(completion, reference)` as a float; a RewardError naming the reward and the input
     when it raises or returns something that is not a finite number."""
+    where = f"on completion={shown(completion)}, reference={shown(reference)}"
     try:
         value = fn(completion, reference)
     except RewardError:
         raise
     except Exception as exc:
+        raise RewardError(f"reward {name!r} raised {type(exc).__name__}: {exc} {where}") from exc
+    if not isinstance(value, int | float):
         raise RewardError(
-            f"reward {name!r} raised {type(exc).__name__}: {exc} "
-            f"on completion={completion!r}, reference={reference!r}"
-        ) from exc
-    if not isinstance(value, int | float) or not math.isfinite(value):
+            f"reward {name!r} returned a {type(value).__name__} ({shown(value)}), not a number, "
+            f"{where}; a reward returns one float per completion"
+        )
+    if not math.isfinite(value):
         raise RewardError(
-            f"reward {name!r} returned {value!r}, not a finite number, "
-            f"on completion={completion!r}, reference={reference!r}"
+            f"reward {name!r} returned {value!r}, not a finite number, {where}; return a "
+            "finite float (e.g. 0.0 when no answer can be read)"
         )
     return float(value)
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """`repr(value)` for a message, cut to about `limit` characters (a long completion).
+
+    >>> shown("ab"), shown("x" * 100, limit=20)
+    ("'ab'", "'xxxxxxxxxxxxxx... (100 characters)")
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return f"{text[: limit - 5]}...{size}"
 
 
 def combine(terms: Terms) -> RewardFn:

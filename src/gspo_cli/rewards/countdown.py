@@ -16,6 +16,7 @@ from fractions import Fraction
 
 MAX_EXPRESSION_CHARS = 300  # longer answers are refused rather than parsed
 MAX_DEPTH = 30  # nested parentheses; deeper answers are refused
+MAX_SOLVED_NUMBERS = 4  # `solve` searches exhaustively, so only small problems
 
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
 _TOKEN_RE = re.compile(r"\s*(?:(\d+)|([-+*/()]))")
@@ -154,3 +155,33 @@ def countdown(completion: str, reference: str) -> float:
         return 0.0
     value, used = result
     return 1.0 if Counter(used) == Counter(numbers) and value == target else 0.0
+
+
+def solve(numbers: list[int], target: int) -> str | None:
+    """An expression using each number exactly once that equals `target`, or None when there
+    is none or there are more than `MAX_SOLVED_NUMBERS` numbers (an exhaustive search: about
+    ten thousand expressions for four numbers, millions for five).
+
+    >>> solve([3, 5, 7], 22), solve([2, 2], 5)
+    ('(7 + (3 * 5))', None)
+    """
+    if len(numbers) > MAX_SOLVED_NUMBERS:
+        return None
+
+    def search(pool: list[tuple[Fraction, str]]) -> str | None:
+        if len(pool) == 1:
+            return pool[0][1] if pool[0][0] == target else None
+        for i, (a, x) in enumerate(pool):
+            for j, (b, y) in enumerate(pool):
+                if i == j:
+                    continue
+                rest = [item for k, item in enumerate(pool) if k not in (i, j)]
+                options = [(a + b, f"({x} + {y})"), (a - b, f"({x} - {y})")]
+                options += [(a * b, f"({x} * {y})")] + ([(a / b, f"({x} / {y})")] if b else [])
+                for value, text in options:
+                    found = search([*rest, (value, text)])
+                    if found is not None:
+                        return found
+        return None
+
+    return search([(Fraction(n), str(n)) for n in numbers])
