@@ -4,6 +4,7 @@
 runs/<name>-<YYYYmmdd-HHMMSS>/
   recipe.yaml                  the resolved recipe (every default spelled out)
   metrics.jsonl                one row per training step and per evaluation
+  completions.jsonl            a sample of each step's prompts, completions, rewards, advantages
   checkpoints/step_000400/     Hugging Face model directory (safetensors + tokenizer)
     trainer_state.pt           optimiser, scheduler, RNG states, data position
     optimizer/                 N processes: optimiser shards, one per rank (torch DCP format)
@@ -37,6 +38,7 @@ from gspo_cli.errors import CheckpointError, UserError
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.jsonl"
+COMPLETIONS_FILE = "completions.jsonl"
 FINAL_DIR = "final"
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.pt"

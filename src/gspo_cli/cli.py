@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 import typer
 import typer.core
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -29,7 +30,7 @@ from rich.progress import (
 from rich.table import Table
 
 from gspo_cli import __version__
-from gspo_cli.errors import GspoError, Interrupted, RecipeError, UserError
+from gspo_cli.errors import GspoError, Interrupted, RecipeError, UserError, WatchdogStop
 
 if TYPE_CHECKING:
     from gspo_cli.compare import AlgoSummary, PlannedRun
@@ -92,10 +93,12 @@ def _user_errors() -> Iterator[None]:
         label = (
             "[bold yellow]interrupted:[/]"
             if isinstance(exc, Interrupted)
+            else "[bold yellow]stopped:[/]"
+            if isinstance(exc, WatchdogStop)
             else "[bold red]error:[/]"
         )
         rank = os.environ.get("RANK", "0")
-        if rank != "0" and not isinstance(exc, UserError | Interrupted):
+        if rank != "0" and not isinstance(exc, UserError | Interrupted | WatchdogStop):
             # A runtime failure on one rank (e.g. a reward raising on its prompts): only it
             # knows; every rank shares the user errors and interruptions rank 0 reports.
             label = f"rank {rank}: {label}"
@@ -158,11 +161,17 @@ class _TrainView:
         else:
             self.rewards.append(row["reward_mean"])
             self.last = row
-        text = self._metrics()
-        self.progress.update(self.task, completed=self.last.get("step", 0), metrics=text)
+        text, timing = self._metrics(), self._timing()
+        shown = f"{text}\n{timing}" if timing else text
+        self.progress.update(self.task, completed=self.last.get("step", 0), metrics=shown)
         step = row["step"]
         if self.quiet and "eval_accuracy" not in row and step % self.log_every == 0:
-            console.print(f"step {step}/{self.steps}  {text}", highlight=False)
+            console.print(f"step {step}/{self.steps}  {text}  {timing}", highlight=False)
+        for warning in row.get("warnings", []):  # printed in --quiet mode too
+            self.progress.console.print(
+                f"[yellow]warning:[/] step {step}, {warning['code']}: {escape(warning['message'])}",
+                highlight=False,
+            )
 
     def _metrics(self) -> str:
         if not self.last:
@@ -172,8 +181,17 @@ class _TrainView:
         row = self.last
         return (
             f"reward {reward:.3f}  acc {acc}  clip {row['clip_frac']:.3f}  "
-            f"zero_std {row['zero_std_frac']:.2f}  {row['tokens_per_s']:.0f} tok/s"
+            f"zero_std {row['zero_std_frac']:.2f}  trunc {row['truncated_frac']:.2f}"
         )
+
+    def _timing(self) -> str:
+        """Seconds per phase of the last step, and its throughput."""
+        if not self.last:
+            return ""
+        phases = [("sample", "sample_s"), ("score", "score_s"), ("π_old", "old_logprob_s")]
+        parts = [f"{name} {self.last[key]:.2f}s" for name, key in phases]
+        parts.append(f"update {self.last['update_s']:.2f}s")
+        return "  ".join(parts) + f"  {self.last['tokens_per_s']:.0f} tok/s"
 
     def _on_eval(self, row: dict[str, Any]) -> None:
         self.acc = row["eval_accuracy"]

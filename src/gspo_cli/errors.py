@@ -1,7 +1,8 @@
 """Errors a user can act on. Each message says what is wrong, why, and what to do.
 
 Only `cli.py` turns these into exit codes: `UserError` (bad recipe, bad path, bad
-option) exits 2; any other `GspoError` (a runtime failure) exits 1.
+option) exits 2; any other `GspoError` (a runtime failure) exits 1, except the stops that
+carry their own code: `WatchdogStop` (3) and `Interrupted` (130 or 143).
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ class CheckpointError(GspoError):
 
 class TrainingError(GspoError):
     """Training cannot go on (e.g. non-finite losses step after step)."""
+
+
+class WatchdogStop(TrainingError):
+    """`train.strict`: a watchdog warning stopped the run after writing a checkpoint (exit 3)."""
+
+    exit_code = 3
 
 
 class Interrupted(GspoError):

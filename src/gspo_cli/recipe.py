@@ -234,6 +234,17 @@ class TrainSection(_Section):
         ge=1,
         description="optimiser steps in a row with a non-finite loss or gradient before stopping",
     )
+    strict: bool = Field(
+        False,
+        description="stop with a checkpoint and exit code 3 when the watchdog warns (constant "
+        "reward, no learning signal, truncated completions, no clipping); false: warn only",
+    )
+    log_completions: int = Field(
+        8,
+        ge=0,
+        description="completions per step written to completions.jsonl (the step's first ones, "
+        "group by group); 0: none",
+    )
 
 
 class RewardTerm(_Section):

@@ -12,6 +12,11 @@ position, so a resumed CPU run repeats an uninterrupted one exactly. A non-finit
 or gradient skips that optimiser step; too many in a row stop the run. Ctrl-C or SIGTERM
 finishes the current step, checkpoints, and exits non-zero.
 
+Explaining itself: each step's row goes through the watchdog (`watchdog.py`), whose warnings
+(no learning signal, constant reward, truncation, no clipping) are recorded on the row and,
+with `train.strict`, stop the run after a checkpoint. A sample of each step's completions
+goes to completions.jsonl.
+
 Scale-out: under torchrun (`cluster.world_size` N > 1) the model is sharded with FSDP2,
 each rank samples 1/N of the step's prompts, the rollout batch is gathered onto every
 rank, and each rank backpropagates its own rows of each minibatch with the weights of the
@@ -35,6 +40,7 @@ import torch
 
 from gspo_cli import distributed, microbatch, rewards, routing
 from gspo_cli.checkpoint import (
+    COMPLETIONS_FILE,
     METRICS_FILE,
     OPTIMIZER_DIR,
     RECIPE_FILE,
@@ -48,7 +54,7 @@ from gspo_cli.checkpoint import (
 )
 from gspo_cli.data import Example
 from gspo_cli.distributed import SINGLE, Cluster
-from gspo_cli.errors import Interrupted, TrainingError, UserError
+from gspo_cli.errors import Interrupted, TrainingError, UserError, WatchdogStop
 from gspo_cli.evaluate import greedy_correct
 from gspo_cli.interrupt import StopRequest
 from gspo_cli.losses import LossStats, kl_k3, policy_loss
@@ -67,6 +73,7 @@ from gspo_cli.prepare import load_task
 from gspo_cli.recipe import Recipe, check_world_size
 from gspo_cli.rollout import RolloutBatch, collect
 from gspo_cli.seeding import derive
+from gspo_cli.watchdog import RunWarning, Watchdog
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,10 @@ class UpdateStats:
     clip_frac: float  # mean over minibatches
     clip_frac_low: float
     clip_frac_high: float
+    # Largest clip fraction of an optimiser step after the first one taken (minibatches 2..N
+    # and later epochs): the policy has moved since sampling only from there on. 0 on every
+    # step of a GSPO run means it is effectively on-policy. NaN with one optimiser step.
+    clip_frac_offpolicy_max: float
     ratio_mean: float
     ratio_min: float  # over all minibatches
     ratio_max: float
@@ -277,6 +288,7 @@ def update(
         clip_frac=mean("clip_frac"),
         clip_frac_low=mean("clip_frac_low"),
         clip_frac_high=mean("clip_frac_high"),
+        clip_frac_offpolicy_max=max((s["clip_frac"] for s in per_step[1:]), default=math.nan),
         ratio_mean=mean("ratio_mean"),
         ratio_min=min((s["ratio_min"] for s in per_step), default=math.nan),
         ratio_max=max((s["ratio_max"] for s in per_step), default=math.nan),
@@ -418,6 +430,7 @@ def run(
     )
     start_step, prompts_used, skipped_in_a_row = 0, 0, 0
     evals: list[float] = []
+    watchdog = Watchdog(recipe.algo.mode, recipe.rollout.max_new_tokens)
     if resume_from is not None:
         state = _restore(resume_from, policy, optimizer, scheduler, cluster)
         start_step, prompts_used = state["step"], state["prompts_used"]
@@ -429,9 +442,13 @@ def run(
             )
         kept = [r for r in read_metrics(run_dir / METRICS_FILE) if r["step"] <= start_step]
         evals = [r["eval_accuracy"] for r in kept if "eval_accuracy" in r]
+        for row in kept:  # the watchdog picks up where it was at the checkpoint
+            if "eval_accuracy" not in row:
+                watchdog.observe(row)
         distributed.barrier(cluster)  # every rank has read the metrics before rank 0 cuts them
         if cluster.is_main:
             write_text_atomic(run_dir / METRICS_FILE, "".join(MetricsWriter.line(r) for r in kept))
+            _cut_back(run_dir / COMPLETIONS_FILE, start_step)
         say(f"resuming {run_dir} from step {start_step} ({resume_from.name})")
     prompts = itertools.islice(prompt_stream(len(train_set), recipe.seed), prompts_used, None)
     if cluster.is_main:
@@ -451,7 +468,9 @@ def run(
         )
 
     writer = MetricsWriter(run_dir / METRICS_FILE) if cluster.is_main else NullWriter()
-    with writer, StopRequest() as stop:
+    samples_on = cluster.is_main and recipe.train.log_completions > 0
+    samples = MetricsWriter(run_dir / COMPLETIONS_FILE) if samples_on else NullWriter()
+    with writer, samples, StopRequest() as stop:
 
         def log(row: Row) -> None:
             writer.write(row)
@@ -492,18 +511,20 @@ def run(
                 policy, optimizer, scheduler, batch, recipe, step, cluster, meter
             )
             step_s = time.perf_counter() - step_start
-            log(
-                {
-                    "step": step,
-                    **asdict(rollout_stats),
-                    **asdict(update_stats),
-                    **(meter.metrics() if meter is not None else {}),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "rollout_s": rollout_stats.seconds,
-                    "step_s": step_s,
-                    "tokens_per_s": rollout_stats.completion_tokens / step_s,
-                }
-            )
+            row = {
+                "step": step,
+                **asdict(rollout_stats),
+                **asdict(update_stats),
+                **(meter.metrics() if meter is not None else {}),
+                "lr": optimizer.param_groups[0]["lr"],
+                "rollout_s": rollout_stats.seconds,
+                "step_s": step_s,
+                "tokens_per_s": rollout_stats.completion_tokens / step_s,
+            }
+            warnings = watchdog.observe(row)  # judged on the row's figures, timings unused
+            log({**row, "warnings": [w.as_row() for w in warnings]})
+            for sample in completion_sample(step, batch, indices, train_set, recipe):
+                samples.write(sample)
             trailing = list(itertools.takewhile(lambda o: o is not None, reversed(outcomes)))
             all_skipped = len(trailing) == len(outcomes)
             skipped_in_a_row = len(trailing) + (skipped_in_a_row if all_skipped else 0)
@@ -517,8 +538,14 @@ def run(
             if _due(step, recipe.train.eval_every) or step == recipe.train.steps:
                 last_accuracy = evaluate(step)
             stopping = distributed.any_rank(cluster, stop.requested)  # every rank stops together
-            if _due(step, recipe.train.save_every) or step == recipe.train.steps or stopping:
+            halting = recipe.train.strict and distributed.any_rank(cluster, bool(warnings))
+            last_step = step == recipe.train.steps
+            if _due(step, recipe.train.save_every) or last_step or stopping or halting:
                 last_saved = checkpoint(step)
+            if halting:
+                if last_step and cluster.is_main:
+                    link_final(checkpoint_dir(run_dir, step), run_dir)
+                raise WatchdogStop(_strict_message(step, warnings, run_dir, last_step, cluster))
             if stopping and step < recipe.train.steps:
                 signal_name = _first(distributed.gather_objects(cluster, stop.signal_name))
                 raise Interrupted(
@@ -579,6 +606,57 @@ def _greedy_accuracy(
         )
     total = int(distributed.all_reduce(cluster, torch.tensor([correct])).item())
     return total / max(len(examples), 1)
+
+
+def completion_sample(
+    step: int,
+    batch: RolloutBatch,
+    indices: list[int],
+    examples: list[Example],
+    recipe: Recipe,
+) -> list[Row]:
+    """The step's first `train.log_completions` completions, group by group, as rows of
+    completions.jsonl: what the model wrote for which prompt and how it was scored. Row r of
+    the batch answers `examples[indices[r // G]]` (the whole step's indices, in row order)."""
+    g = recipe.rollout.group_size
+    rows = []
+    for r in range(min(recipe.train.log_completions, len(batch.gen.texts))):
+        example = examples[indices[r // g]]
+        rows.append(
+            {
+                "step": step,
+                "group": r // g,
+                "prompt": example.prompt,
+                "reference": example.reference,
+                "completion": batch.gen.texts[r],
+                "truncated": bool(batch.gen.truncated[r].item()),
+                "reward": batch.rewards[r].item(),
+                "advantage": batch.advantages[r].item(),
+            }
+        )
+    return rows
+
+
+def _cut_back(path: Path, step: int) -> None:
+    """Drop the rows of a JSONL run file after `step` (a resume repeats them)."""
+    if path.is_file():
+        kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+        write_text_atomic(path, "".join(MetricsWriter.line(r) for r in kept))
+
+
+def _strict_message(
+    step: int, warnings: list[RunWarning], run_dir: Path, finished: bool, cluster: Cluster
+) -> str:
+    """Why a strict run stopped, where its checkpoint is, and how to go on."""
+    named = "; ".join(f"{w.code}: {w.message}" for w in warnings) or "a warning on rank 0"
+    where = checkpoint_dir(run_dir, step)
+    then = (
+        "the run had reached its last step (final model in final/)"
+        if finished
+        else "fix the recipe and start a new run, or continue this one without train.strict: "
+        f"gspo train --resume {run_dir} --set train.strict=false{_nproc_flag(cluster)}"
+    )
+    return f"train.strict stopped the run after step {step}: {named}. Checkpoint: {where}; {then}"
 
 
 def _nproc_flag(cluster: Cluster) -> str:

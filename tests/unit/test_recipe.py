@@ -248,7 +248,7 @@ def test_readme_documents_every_recipe_key() -> None:
     assert keys - documented == set(), keys - documented
     assert documented - keys == set(), documented - keys
     # A guard on growth (style: no god-config): raise it only with a reason in the CHANGELOG.
-    assert len(keys) <= 41, f"{len(keys)} recipe leaves: keep the schema small"
+    assert len(keys) <= 43, f"{len(keys)} recipe leaves: keep the schema small"
 
 
 def test_grpo_twin_differs_only_in_the_algorithm() -> None:
