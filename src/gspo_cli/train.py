@@ -435,20 +435,7 @@ def run(
         state = _restore(resume_from, policy, optimizer, scheduler, cluster)
         start_step, prompts_used = state["step"], state["prompts_used"]
         skipped_in_a_row = state["skipped_in_a_row"]
-        if start_step >= recipe.train.steps:
-            raise UserError(
-                f"{run_dir} already finished {start_step} steps; to train further, raise "
-                f"train.steps, e.g. --set train.steps={start_step + recipe.train.steps}"
-            )
-        kept = [r for r in read_metrics(run_dir / METRICS_FILE) if r["step"] <= start_step]
-        evals = [r["eval_accuracy"] for r in kept if "eval_accuracy" in r]
-        for row in kept:  # the watchdog picks up where it was at the checkpoint
-            if "eval_accuracy" not in row:
-                watchdog.observe(row)
-        distributed.barrier(cluster)  # every rank has read the metrics before rank 0 cuts them
-        if cluster.is_main:
-            write_text_atomic(run_dir / METRICS_FILE, "".join(MetricsWriter.line(r) for r in kept))
-            _cut_back(run_dir / COMPLETIONS_FILE, start_step)
+        evals = _rewind_logs(run_dir, start_step, recipe, watchdog, cluster)
         say(f"resuming {run_dir} from step {start_step} ({resume_from.name})")
     prompts = itertools.islice(prompt_stream(len(train_set), recipe.seed), prompts_used, None)
     if cluster.is_main:
@@ -561,6 +548,28 @@ def run(
     return TrainSummary(
         run_dir, recipe.train.steps, first_accuracy, last_accuracy, time.perf_counter() - started
     )
+
+
+def _rewind_logs(
+    run_dir: Path, start_step: int, recipe: Recipe, watchdog: Watchdog, cluster: Cluster
+) -> list[float]:
+    """Cut `metrics.jsonl` and `completions.jsonl` back to the checkpoint's step, replay the
+    kept rows into the watchdog (so it picks up where it was), and return the evaluations
+    kept, oldest first."""
+    if start_step >= recipe.train.steps:
+        raise UserError(
+            f"{run_dir} already finished {start_step} steps; to train further, raise "
+            f"train.steps, e.g. --set train.steps={start_step + recipe.train.steps}"
+        )
+    kept = [r for r in read_metrics(run_dir / METRICS_FILE) if r["step"] <= start_step]
+    for row in kept:
+        if "eval_accuracy" not in row:
+            watchdog.observe(row)
+    distributed.barrier(cluster)  # every rank has read the metrics before rank 0 cuts them
+    if cluster.is_main:
+        write_text_atomic(run_dir / METRICS_FILE, "".join(MetricsWriter.line(r) for r in kept))
+        _cut_back(run_dir / COMPLETIONS_FILE, start_step)
+    return [r["eval_accuracy"] for r in kept if "eval_accuracy" in r]
 
 
 def _drift_meter(
