@@ -29,6 +29,9 @@ class Generation:
     completion_mask: torch.Tensor  # [N, T] float, 1.0 up to and including the first EOS
     truncated: torch.Tensor  # [N] bool, no EOS within max_new_tokens
     texts: list[str]  # decoded completions, special tokens removed
+    # [N, T] float32 log-probs of the sampled tokens under the sampling pass itself, at the
+    # sampling temperature, 0 on padding; None unless `sampler_logprobs_suffice` (see there)
+    logprobs: torch.Tensor | None = None
 
     @property
     def completion_ids(self) -> torch.Tensor:
@@ -247,7 +250,7 @@ def generate(
         choose = sampler.choose
     was_training = model.training
     model.eval()
-    out = decode(
+    out, logprobs = decode(
         model,
         enc["input_ids"].to(device),
         enc["attention_mask"].to(device),
@@ -255,7 +258,8 @@ def generate(
         choose=choose,
         stop_ids=stop_ids,
         pad_id=tokenizer.pad_token_id,
-    )  # [N, P+T'] with T' <= max_new_tokens
+        temperature=None if greedy or not sampler_logprobs_suffice(model) else temperature,
+    )  # [N, P+T'] with T' <= max_new_tokens, [N, T'] or None
     model.train(was_training)
     prompt_len = enc["input_ids"].shape[1]
     completion_ids = out[:, prompt_len:]  # [N, T']
@@ -271,7 +275,18 @@ def generate(
         completion_mask=mask,
         truncated=~ended,
         texts=texts,
+        logprobs=logprobs,
     )
+
+
+def sampler_logprobs_suffice(model: Any) -> bool:
+    """Whether the log-probs the sampling pass computes anyway can stand in for a separate
+    π_old forward: for a dense model (no expert routing to record) in float32 or wider.
+    There the cached decoding pass and the full forward compute the same numbers up to
+    float32 rounding (~1e-6 in a log-prob, against clip ranges of 1e-4 and up); in bf16
+    they would differ by ~1e-2, so a separate forward stays."""
+    dtype = next(model.parameters()).dtype
+    return _packable(model) and dtype in (torch.float32, torch.float64)
 
 
 def _argmax(step: int, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -290,8 +305,11 @@ def decode(
     choose: Chooser,
     stop_ids: list[int],
     pad_id: int,
-) -> torch.Tensor:
-    """Prompts followed by up to `max_new_tokens` tokens -> `[N, P+T']`, with a KV cache.
+    temperature: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Prompts followed by up to `max_new_tokens` tokens -> `[N, P+T']`, with a KV cache;
+    with a `temperature`, also each new token's log-prob at that temperature `[N, T']`
+    (float32, 0 after the stop token).
 
     `choose(t, logits, rows)` picks the t-th new token of each row in `rows` `[A]` (the rows
     still decoding) from its float32 next-token logits `[A, V]`. After a row's stop token
@@ -308,6 +326,7 @@ def decode(
     cache = DynamicCache(config=model.config)
     stops = torch.tensor(stop_ids, device=device)
     new = torch.full((n, max_new_tokens), pad_id, dtype=input_ids.dtype, device=device)
+    scored = None if temperature is None else torch.zeros(n, max_new_tokens, device=device)
     prompt_len = attention_mask.sum(dim=1)  # [N]
     distinct, row_of = torch.unique(
         torch.cat([input_ids, attention_mask], dim=1), dim=0, return_inverse=True
@@ -331,6 +350,9 @@ def decode(
             cache.batch_select_indices(row_of)
         token = choose(t, logits, active)  # [A]
         new[active, t] = token
+        if scored is not None:
+            logprobs = torch.log_softmax(logits / temperature, dim=-1)  # [A, V]
+            scored[active, t] = logprobs.gather(1, token[:, None]).squeeze(1)  # [A]
         taken = t + 1
         finished = torch.isin(token, stops)  # [A]
         if taken == max_new_tokens or bool(finished.all()):
@@ -343,7 +365,8 @@ def decode(
         step_positions = (prompt_len[active] + t)[:, None]  # [A, 1] the token's position
         generated = attention_mask.new_ones(len(active), taken)  # [A, t+1]
         step_mask = torch.cat([attention_mask[active], generated], dim=1)  # [A, P+t+1]
-    return torch.cat([input_ids, new[:, :taken]], dim=1)  # [N, P+T']
+    ids = torch.cat([input_ids, new[:, :taken]], dim=1)  # [N, P+T']
+    return ids, None if scored is None else scored[:, :taken]  # [N, T']
 
 
 def _plain_linear_head(model: Any) -> Any | None:

@@ -100,9 +100,11 @@ def collect(
         scored = time.perf_counter()
 
         budget, chunk = recipe.train.microbatch_tokens, recipe.train.logprob_chunk_tokens
-        old = batched_logprobs(
-            policy, gen, temperature=temperature, max_tokens=budget, chunk_tokens=chunk
-        )  # [n, T]
+        old = gen.logprobs  # [n, T] from sampling itself, when that is exact enough
+        if old is None:
+            old = batched_logprobs(
+                policy, gen, temperature=temperature, max_tokens=budget, chunk_tokens=chunk
+            )  # [n, T]
         ref = None
         if ref_policy is not None:
             ref = batched_logprobs(

@@ -150,7 +150,7 @@ def test_decode_samples_what_transformers_generate_samples(
     )
     want = model.generate(**enc, generation_config=config, logits_processor=processors)
     chooser = policy._argmax if greedy else RowSampler(seeds, 1.3, 1.0, CPU).choose
-    got = decode(
+    got, _ = decode(
         model,
         enc["input_ids"],
         enc["attention_mask"],
@@ -162,3 +162,24 @@ def test_decode_samples_what_transformers_generate_samples(
     assert torch.equal(got, want), (got, want)
     lengths = (got[:, enc["input_ids"].shape[1] :] != PAD).sum(dim=1)
     assert greedy or len(set(lengths.tolist())) > 2, f"rows should stop at varied steps: {lengths}"
+
+
+def test_sampling_pass_log_probs_stand_in_for_pi_old(tiny_model_dir: Path) -> None:
+    """float32: the sampled tokens' log-probs from decoding equal a separate forward's to
+    float32 rounding (1e-4 on a token, far inside GSPO's 3e-4 clip on a sequence mean);
+    0 on padding. Greedy decoding and bf16 models give none (the forward stays)."""
+    model, tokenizer = load_policy(str(tiny_model_dir), "float32", CPU, lambda _: None)
+    prompts = ["12+34=", "5+6=", "99+1="] * 4
+    gen = policy.generate(
+        model, tokenizer, prompts, max_new_tokens=8, temperature=0.7, seeds=range(12)
+    )
+    assert gen.logprobs is not None
+    forward = policy.batched_logprobs(model, gen, temperature=0.7, max_tokens=0)  # [N, T]
+    real = gen.completion_mask.bool()
+    assert (gen.logprobs[real] - forward[real]).abs().max().item() < 1e-4
+    assert (gen.logprobs[~real] == 0).all()
+    assert (gen.logprobs[real] < 0).all() and forward[real].min() < -1, "need real log-probs"
+    greedy = policy.generate(model, tokenizer, prompts, max_new_tokens=8, greedy=True)
+    assert greedy.logprobs is None
+    half = model.to(torch.bfloat16)
+    assert policy.generate(half, tokenizer, prompts[:2], max_new_tokens=2).logprobs is None
