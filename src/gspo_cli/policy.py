@@ -523,59 +523,68 @@ def _segments(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def pack_rows(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int, token_cost: float
-) -> PackedRows | None:
-    """The packed layout of a left-padded prompt + right-padded completion batch, with the
-    segment size of least `_layout_cost`; None when a row has no prompt token (nothing
-    would predict its first completion token)."""
-    n, width = input_ids.shape
-    p = width - completion_len
-    ids, attention = input_ids.tolist(), attention_mask.tolist()
-    groups: dict[tuple[int, ...], list[tuple[int, int, int]]] = {}  # (token, position, row)
-    sources: list[tuple[tuple[int, ...], int]] = []  # (group, index in it) per scored token
-    for row in range(n):
+Group = list[tuple[int, int, int]]  # a prompt and its rows' inputs: (token, position, row)
+
+
+def _groups(
+    ids: list[list[int]], attention: list[list[int]], p: int
+) -> tuple[dict[tuple[int, ...], Group], list[tuple[tuple[int, ...], int]]] | None:
+    """Each distinct prompt's group (its real tokens, row -1, then each of its rows' completion
+    tokens but the last) and, per scored token in row order, (its prompt, the index within the
+    group of the token whose state predicts it). None when a row has no prompt token."""
+    groups: dict[tuple[int, ...], Group] = {}
+    sources: list[tuple[tuple[int, ...], int]] = []
+    for row in range(len(ids)):
         prompt = tuple(t for t, a in zip(ids[row][:p], attention[row][:p], strict=True) if a)
         if not prompt:
             return None
         group = groups.setdefault(prompt, [(t, i, -1) for i, t in enumerate(prompt)])
         real = sum(attention[row][p:])  # completion tokens up to and including the stop token
         inputs = ids[row][p : p + real - 1]  # each predicts the next; the last predicts nothing
-        sources += [(prompt, len(prompt) - 1)] + [
-            (prompt, len(group) + i) for i in range(len(inputs))
-        ]
+        sources.append((prompt, len(prompt) - 1))  # the prompt's last token predicts the first
+        sources += [(prompt, len(group) + i) for i in range(len(inputs))]
         group += [(t, len(prompt) + i, row) for i, t in enumerate(inputs)]
-    keys = list(groups)
-    lengths = [len(groups[k]) for k in keys]
+    return groups, sources
+
+
+def _cheapest_segments(lengths: list[int], token_cost: float) -> tuple[float, list[list[int]], int]:
+    """(cost, segments as lists of group indices, segment size) of least `_layout_cost`, over
+    capacities from the longest group, doubling until one segment holds everything."""
     plans = []
     capacity = max(lengths)
-    while True:  # segment sizes: the longest group, doubled until everything fits in one
+    while True:
         bins = _segments(lengths, capacity)
         size = max(sum(lengths[g] for g in b) for b in bins)
         plans.append((_layout_cost(len(bins), size, token_cost), bins, size))
         if len(bins) == 1:
-            break
+            return min(plans, key=lambda plan: plan[0])
         capacity *= 2
-    cost, bins, size = min(plans, key=lambda plan: plan[0])
-    tokens = [[0] * size for _ in bins]
-    positions = [[0] * size for _ in bins]
-    owners = [[-2] * size for _ in bins]  # -1: prompt token; -2: unused slot
-    members = [[-1] * size for _ in bins]  # the group each slot belongs to
-    where: dict[tuple[int, ...], int] = {}  # group -> flat index of its first token
+
+
+def pack_rows(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int, token_cost: float
+) -> PackedRows | None:
+    """The packed layout of a left-padded prompt + right-padded completion batch, with the
+    segment size of least `_layout_cost`; None when a row has no prompt token (nothing
+    would predict its first completion token)."""
+    p = input_ids.shape[1] - completion_len
+    found = _groups(input_ids.tolist(), attention_mask.tolist(), p)
+    if found is None:
+        return None
+    groups, sources = found
+    keys = list(groups)
+    cost, bins, size = _cheapest_segments([len(groups[k]) for k in keys], token_cost)
+    slots: list[list[tuple[int, int, int, int]]] = []  # (token, position, row, group) per slot
+    start: dict[tuple[int, ...], int] = {}  # a group's first flat index in [B·S]
     for b, segment in enumerate(bins):
-        at = 0
+        slots.append([])
         for g in segment:
-            where[keys[g]] = b * size + at
-            for token, place, row in groups[keys[g]]:
-                tokens[b][at], positions[b][at], owners[b][at], members[b][at] = (
-                    token,
-                    place,
-                    row,
-                    g,
-                )
-                at += 1
+            start[keys[g]] = b * size + len(slots[b])
+            slots[b] += [(token, place, row, g) for token, place, row in groups[keys[g]]]
+        slots[b] += [(0, 0, -2, -1)] * (size - len(slots[b]))  # unused: row -2, group -1
     device = input_ids.device
-    pos, owner, member = (torch.tensor(v, device=device) for v in (positions, owners, members))
+    table = torch.tensor(slots, device=device)  # [B, S, 4]
+    pos, owner, member = table[..., 1], table[..., 2], table[..., 3]  # [B, S] each
     slot = torch.arange(size, device=device)
     visible = (
         (member[:, :, None] == member[:, None, :])  # [B, S, S] same group
@@ -585,10 +594,10 @@ def pack_rows(
     )
     scored = attention_mask[:, p:].bool()  # [N, T]
     return PackedRows(
-        input_ids=torch.tensor(tokens, device=device),
+        input_ids=table[..., 0].to(input_ids.dtype),
         position_ids=pos,
         visible=visible[:, None],
-        source=torch.tensor([where[g] + i for g, i in sources], device=device, dtype=torch.long),
+        source=torch.tensor([start[g] + i for g, i in sources], device=device, dtype=torch.long),
         targets=input_ids[:, p:][scored],
         scored=scored,
         cost=cost,
