@@ -417,10 +417,16 @@ def source_examples(data: DataSection, source: Source) -> dict[Split, list[Examp
 
 def render_prompt(tokenizer: Any, text: str) -> str:
     """The prompt exactly as the model sees it: the chat template when the tokenizer has one
-    (a single user turn plus the generation prompt), the plain text otherwise."""
+    (a single user turn plus the generation prompt), the plain text otherwise.
+
+    Templates that read `enable_thinking` (Qwen3's) get False: the answer comes straight
+    after the prompt, not after a reasoning block. Templates that do not read it ignore it."""
     if getattr(tokenizer, "chat_template", None):
         rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": text}],
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=False,
         )
         return str(rendered)
     return text

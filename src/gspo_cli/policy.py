@@ -30,6 +30,9 @@ class Generation:
     completion_mask: torch.Tensor  # [N, T] float, 1.0 up to and including the first EOS
     truncated: torch.Tensor  # [N] bool, no EOS within max_new_tokens
     texts: list[str]  # decoded completions, special tokens removed
+    # [N, T] float32 log-probs of the sampled tokens under the sampling pass itself, at the
+    # sampling temperature, 0 on padding; None unless `sampler_logprobs_suffice` (see there)
+    logprobs: torch.Tensor | None = None
 
     @property
     def completion_ids(self) -> torch.Tensor:
@@ -149,6 +152,12 @@ def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     return scores.masked_fill(drop, -math.inf)
 
 
+# Noise drawn ahead per generator call: up to 8 positions, at most 2^22 float64 values (32 MiB)
+# for the whole batch; a large vocabulary falls back to one position per call.
+NOISE_BLOCK_POSITIONS = 8
+NOISE_BLOCK_ELEMENTS = 2**22
+
+
 class RowSampler:
     """Draws each row's next token from softmax(logits / T) (top-p filtered) with the row's
     own generator, by the Gumbel-max trick: argmax(logits / T + Gumbel noise) is an exact
@@ -169,19 +178,46 @@ class RowSampler:
         self.temperature = temperature
         self.top_p = top_p
         self.device = device
+        self._block: torch.Tensor | None = None  # [N, k, V] Gumbel noise drawn ahead
+        self._used = 0  # positions of `_block` handed out
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Gumbel-perturbed scores `[N, V]` (float64) for the next position (a transformers
+        logits processor)."""
         scores = scores.double() / self.temperature  # [N, V]
         if self.top_p < 1:
             scores = top_p_filter(scores, self.top_p)  # [N, V]
-        v = scores.shape[1]
-        uniform = torch.stack(
-            [
-                torch.rand(v, generator=g, dtype=torch.float64, device=self.device)
-                for g in self.generators
-            ]
-        )  # [N, V] in [0, 1)
-        return scores - torch.log(-torch.log(uniform))  # [N, V] + Gumbel(0, 1)
+        return scores + self._gumbel(scores.shape[1])  # [N, V] + Gumbel(0, 1)
+
+    def choose(self, step: int, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The sampled tokens `[A]` of `rows` `[A]` at decoding position `step` (0, 1, ... in
+        order) from their logits `[A, V]`; every row's generator advances either way."""
+        del step  # the generators' positions are the steps already taken
+        scores = logits.double() / self.temperature  # [A, V]
+        if self.top_p < 1:
+            scores = top_p_filter(scores, self.top_p)  # [A, V]
+        return (scores + self._gumbel(scores.shape[1])[rows]).argmax(dim=-1)  # [A]
+
+    def _gumbel(self, v: int) -> torch.Tensor:
+        """The next position's Gumbel noise `[N, V]`, each row from its own generator.
+
+        Each generator is asked for several positions' noise at once and the draws are
+        handed out one position at a time: a generator's stream does not depend on how its
+        draws are grouped (one `rand(k, V)` equals k successive `rand(V)`), so this is the
+        same noise, with one call per row every k positions rather than every position."""
+        if self._block is None or self._used == self._block.shape[1] or self._block.shape[2] != v:
+            k = max(
+                1, min(NOISE_BLOCK_POSITIONS, NOISE_BLOCK_ELEMENTS // (v * len(self.generators)))
+            )
+            uniform = torch.stack(
+                [
+                    torch.rand(k, v, generator=g, dtype=torch.float64, device=self.device)
+                    for g in self.generators
+                ]
+            )  # [N, k, V] in [0, 1)
+            self._block, self._used = -torch.log(-torch.log(uniform)), 0  # Gumbel(0, 1)
+        self._used += 1
+        return self._block[:, self._used - 1]  # [N, V]
 
 
 @torch.no_grad()
@@ -203,34 +239,28 @@ def generate(
     `completion_logprobs` scores. Row i is sampled with its own generator seeded by
     `seeds[i]` (see `RowSampler`); without `seeds`, they are drawn from torch's global RNG.
     """
-    from transformers import GenerationConfig, LogitsProcessorList
-
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     stop_ids = eos_ids(model, tokenizer)
     # Decoding is greedy either way: sampling is the Gumbel-max argmax of `RowSampler`.
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        temperature=None,
-        top_p=None,
-        top_k=None,
-        eos_token_id=stop_ids,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    processors = LogitsProcessorList()
+    choose: Chooser = _argmax
     if not greedy:
         if seeds is None:
             seeds = torch.randint(2**62, (len(prompts),)).tolist()
-        processors.append(RowSampler(seeds, temperature, top_p, device))
+        sampler = RowSampler(seeds, temperature, top_p, device)
+        choose = sampler.choose
     was_training = model.training
     model.eval()
-    out = model.generate(
-        input_ids=enc["input_ids"].to(device),
-        attention_mask=enc["attention_mask"].to(device),
-        generation_config=config,
-        logits_processor=processors,
-    )  # [N, P+T'] with T' <= max_new_tokens
+    out, logprobs = decode(
+        model,
+        enc["input_ids"].to(device),
+        enc["attention_mask"].to(device),
+        max_new_tokens=max_new_tokens,
+        choose=choose,
+        stop_ids=stop_ids,
+        pad_id=tokenizer.pad_token_id,
+        temperature=None if greedy or not sampler_logprobs_suffice(model) else temperature,
+    )  # [N, P+T'] with T' <= max_new_tokens, [N, T'] or None
     model.train(was_training)
     prompt_len = enc["input_ids"].shape[1]
     completion_ids = out[:, prompt_len:]  # [N, T']
@@ -246,7 +276,98 @@ def generate(
         completion_mask=mask,
         truncated=~ended,
         texts=texts,
+        logprobs=logprobs,
     )
+
+
+def sampler_logprobs_suffice(model: Any) -> bool:
+    """Whether the log-probs the sampling pass computes anyway can stand in for a separate
+    π_old forward: for a dense model (no expert routing to record) in float32 or wider.
+    There the cached decoding pass and the full forward compute the same numbers up to
+    float32 rounding (~1e-6 in a log-prob, against clip ranges of 1e-4 and up); in bf16
+    they would differ by ~1e-2, so a separate forward stays."""
+    dtype = next(model.parameters()).dtype
+    return _packable(model) and dtype in (torch.float32, torch.float64)
+
+
+def _argmax(step: int, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(dim=-1)  # [A]
+
+
+Chooser = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def decode(
+    model: Any,
+    input_ids: torch.Tensor,  # [N, P] left-padded prompts
+    attention_mask: torch.Tensor,  # [N, P]
+    *,
+    max_new_tokens: int,
+    choose: Chooser,
+    stop_ids: list[int],
+    pad_id: int,
+    temperature: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Prompts followed by up to `max_new_tokens` tokens -> `[N, P+T']`, with a KV cache;
+    with a `temperature`, also each new token's log-prob at that temperature `[N, T']`
+    (float32, 0 after the stop token).
+
+    `choose(t, logits, rows)` picks the t-th new token of each row in `rows` `[A]` (the rows
+    still decoding) from its float32 next-token logits `[A, V]`. After a row's stop token
+    come `pad_id`s; decoding ends when every row has stopped. Per row, the same steps as
+    transformers' `generate` with greedy decoding and a logits processor (positions from
+    the attention mask, float32 logits), without its per-token bookkeeping, reading each
+    distinct prompt once (a group's G rows share it) and dropping finished rows from the
+    batch instead of decoding padding for them.
+    """
+    from transformers import DynamicCache
+
+    n, p = input_ids.shape
+    device = input_ids.device
+    cache = DynamicCache(config=model.config)
+    stops = torch.tensor(stop_ids, device=device)
+    new = torch.full((n, max_new_tokens), pad_id, dtype=input_ids.dtype, device=device)
+    scored = None if temperature is None else torch.zeros(n, max_new_tokens, device=device)
+    prompt_len = attention_mask.sum(dim=1)  # [N]
+    distinct, row_of = torch.unique(
+        torch.cat([input_ids, attention_mask], dim=1), dim=0, return_inverse=True
+    )  # [D, 2P], [N]
+    step_ids, step_mask = distinct[:, :p], distinct[:, p:]  # [D, P]
+    step_positions = (step_mask.cumsum(dim=1) - 1).masked_fill(step_mask == 0, 0)  # [D, P]
+    active = torch.arange(n, device=device)  # [A] rows still decoding
+    taken = 0
+    for t in range(max_new_tokens):
+        out = model(
+            input_ids=step_ids,
+            attention_mask=step_mask,
+            position_ids=step_positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1].to(dtype=torch.float32)  # [A, V] ([D, V] at t = 0)
+        if t == 0:  # every row gets its prompt's cache and logits
+            logits = logits[row_of]  # [N, V]
+            cache.batch_select_indices(row_of)
+        token = choose(t, logits, active)  # [A]
+        new[active, t] = token
+        if scored is not None:
+            logprobs = torch.log_softmax(logits / temperature, dim=-1)  # [A, V]
+            scored[active, t] = logprobs.gather(1, token[:, None]).squeeze(1)  # [A]
+        taken = t + 1
+        finished = torch.isin(token, stops)  # [A]
+        if taken == max_new_tokens or bool(finished.all()):
+            break
+        if bool(finished.any()):
+            keep = (~finished).nonzero().squeeze(1)  # [A'] positions in `active`
+            active, token = active[keep], token[keep]
+            cache.batch_select_indices(keep)
+        step_ids = token[:, None]  # [A, 1]
+        step_positions = (prompt_len[active] + t)[:, None]  # [A, 1] the token's position
+        generated = attention_mask.new_ones(len(active), taken)  # [A, t+1]
+        step_mask = torch.cat([attention_mask[active], generated], dim=1)  # [A, P+t+1]
+    ids = torch.cat([input_ids, new[:, :taken]], dim=1)  # [N, P+T']
+    return ids, None if scored is None else scored[:, :taken]  # [N, T']
 
 
 def _plain_linear_head(model: Any) -> Any | None:
@@ -328,9 +449,15 @@ def _completion_logprobs(
     temperature: float,
     chunk_tokens: int,
 ) -> torch.Tensor:
+    head = _plain_linear_head(model)
+    if head is not None and _packable(model):
+        token_cost = _token_cost(model)
+        layout = pack_rows(input_ids, attention_mask, completion_len, token_cost)
+        padded = _layout_cost(input_ids.shape[0], input_ids.shape[1], token_cost)
+        if layout is not None and layout.cost < padded:
+            return _packed_logprobs(model, head, layout, temperature, chunk_tokens)  # [N, T]
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # [N, P+T]
     targets = input_ids[:, -completion_len:]  # [N, T]
-    head = _plain_linear_head(model)
     if head is not None:
         hidden = model.base_model(
             input_ids=input_ids,
@@ -352,6 +479,178 @@ def _completion_logprobs(
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
     logprobs = torch.log_softmax(logits, dim=-1)  # [N, T, V]
     return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N, T]
+
+
+@dataclass(frozen=True)
+class PackedRows:
+    """Rows of a `[N, P+T]` batch without padding, each distinct prompt once.
+
+    Each distinct prompt's real tokens come once, followed by the completion tokens of each
+    of its rows except the last (whose next-token prediction is never scored): a *group*.
+    Groups are packed into B segments of at most S tokens. A token sees the earlier tokens
+    of its own prompt and of its own row and nothing else (`visible`), at the position it
+    has in its own row, so each row's log-probs are those of the padded batch. Unused slots
+    at a segment's end see only themselves and are never read.
+    """
+
+    input_ids: torch.Tensor  # [B, S]
+    position_ids: torch.Tensor  # [B, S]
+    visible: torch.Tensor  # [B, 1, S, S] bool, True where query (row) may attend key (column)
+    source: torch.Tensor  # [M] flat index into [B·S] of the state predicting each scored token
+    targets: torch.Tensor  # [M] the scored tokens
+    scored: torch.Tensor  # [N, T] bool, the completion tokens that are real (M of them)
+    cost: float  # estimated cost, in the units of `_layout_cost`
+
+
+def _layout_cost(segments: int, width: int, token_cost: float) -> float:
+    """Cost of a forward over `segments × width` tokens: each token through the linear layers
+    (`token_cost`, in units of one query-key pair of attention) plus width² pairs a segment."""
+    return segments * width * token_cost + segments * width**2
+
+
+def _segments(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Groups (by index) packed first-fit, longest first, into segments of at most
+    `capacity` tokens (a longer group gets a segment of its own)."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for g in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        slot = next((b for b, r in enumerate(room) if r >= lengths[g]), None)
+        if slot is None:
+            bins.append([g])
+            room.append(capacity - lengths[g])
+        else:
+            bins[slot].append(g)
+            room[slot] -= lengths[g]
+    return bins
+
+
+Group = list[tuple[int, int, int]]  # a prompt and its rows' inputs: (token, position, row)
+
+
+def _groups(
+    ids: list[list[int]], attention: list[list[int]], p: int
+) -> tuple[dict[tuple[int, ...], Group], list[tuple[tuple[int, ...], int]]] | None:
+    """Each distinct prompt's group (its real tokens, row -1, then each of its rows' completion
+    tokens but the last) and, per scored token in row order, (its prompt, the index within the
+    group of the token whose state predicts it). None when a row has no prompt token."""
+    groups: dict[tuple[int, ...], Group] = {}
+    sources: list[tuple[tuple[int, ...], int]] = []
+    for row in range(len(ids)):
+        prompt = tuple(t for t, a in zip(ids[row][:p], attention[row][:p], strict=True) if a)
+        if not prompt:
+            return None
+        group = groups.setdefault(prompt, [(t, i, -1) for i, t in enumerate(prompt)])
+        real = sum(attention[row][p:])  # completion tokens up to and including the stop token
+        inputs = ids[row][p : p + real - 1]  # each predicts the next; the last predicts nothing
+        sources.append((prompt, len(prompt) - 1))  # the prompt's last token predicts the first
+        sources += [(prompt, len(group) + i) for i in range(len(inputs))]
+        group += [(t, len(prompt) + i, row) for i, t in enumerate(inputs)]
+    return groups, sources
+
+
+def _cheapest_segments(lengths: list[int], token_cost: float) -> tuple[float, list[list[int]], int]:
+    """(cost, segments as lists of group indices, segment size) of least `_layout_cost`, over
+    capacities from the longest group, doubling until one segment holds everything."""
+    plans = []
+    capacity = max(lengths)
+    while True:
+        bins = _segments(lengths, capacity)
+        size = max(sum(lengths[g] for g in b) for b in bins)
+        plans.append((_layout_cost(len(bins), size, token_cost), bins, size))
+        if len(bins) == 1:
+            return min(plans, key=lambda plan: plan[0])
+        capacity *= 2
+
+
+def pack_rows(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int, token_cost: float
+) -> PackedRows | None:
+    """The packed layout of a left-padded prompt + right-padded completion batch, with the
+    segment size of least `_layout_cost`; None when a row has no prompt token (nothing
+    would predict its first completion token)."""
+    p = input_ids.shape[1] - completion_len
+    found = _groups(input_ids.tolist(), attention_mask.tolist(), p)
+    if found is None:
+        return None
+    groups, sources = found
+    keys = list(groups)
+    cost, bins, size = _cheapest_segments([len(groups[k]) for k in keys], token_cost)
+    slots: list[list[tuple[int, int, int, int]]] = []  # (token, position, row, group) per slot
+    start: dict[tuple[int, ...], int] = {}  # a group's first flat index in [B·S]
+    for b, segment in enumerate(bins):
+        slots.append([])
+        for g in segment:
+            start[keys[g]] = b * size + len(slots[b])
+            slots[b] += [(token, place, row, g) for token, place, row in groups[keys[g]]]
+        slots[b] += [(0, 0, -2, -1)] * (size - len(slots[b]))  # unused: row -2, group -1
+    device = input_ids.device
+    table = torch.tensor(slots, device=device)  # [B, S, 4]
+    pos, owner, member = table[..., 1], table[..., 2], table[..., 3]  # [B, S] each
+    slot = torch.arange(size, device=device)
+    visible = (
+        (member[:, :, None] == member[:, None, :])  # [B, S, S] same group
+        & (pos[:, None, :] <= pos[:, :, None])  # causal
+        & ((owner[:, None, :] == -1) | (owner[:, None, :] == owner[:, :, None]))  # prompt/own
+        & ((owner[:, :, None] != -2) | (slot[:, None] == slot[None, :]))  # unused: itself
+    )
+    scored = attention_mask[:, p:].bool()  # [N, T]
+    return PackedRows(
+        input_ids=table[..., 0].to(input_ids.dtype),
+        position_ids=pos,
+        visible=visible[:, None],
+        source=torch.tensor([start[g] + i for g, i in sources], device=device, dtype=torch.long),
+        targets=input_ids[:, p:][scored],
+        scored=scored,
+        cost=cost,
+    )
+
+
+def _packable(model: Any) -> bool:
+    """Packing hands the decoder a ready 4D mask: only for full attention through SDPA or
+    eager, and not for mixture-of-experts models (routing replay matches tokens by their
+    place in the padded batch)."""
+    config = model.config
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"]
+    return (
+        getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+        and set(layer_types) == {"full_attention"}
+        and not getattr(config, "num_experts", None)
+        and not getattr(config, "num_local_experts", None)
+    )
+
+
+def _token_cost(model: Any) -> float:
+    """A token's linear layers (~24·H² FLOPs) in units of one attended query-key pair
+    (~4·H FLOPs): 6·H."""
+    return 6.0 * float(model.config.hidden_size)
+
+
+def _packed_logprobs(
+    model: Any, head: Any, layout: PackedRows, temperature: float, chunk_tokens: int
+) -> torch.Tensor:
+    """`_completion_logprobs` through the packed layout -> [N, T], 0 on padding."""
+    visible = layout.visible
+    if model.config._attn_implementation == "eager":  # an additive mask
+        dtype = next(model.parameters()).dtype
+        visible = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(
+            ~visible, torch.finfo(dtype).min
+        )
+    hidden = model.base_model(
+        input_ids=layout.input_ids,
+        attention_mask={"full_attention": visible},
+        position_ids=layout.position_ids,
+        use_cache=False,
+    ).last_hidden_state  # [B, S, H]
+    picked = token_logprobs(
+        hidden.flatten(0, 1)[layout.source],
+        head.weight,
+        layout.targets,
+        temperature=temperature,
+        chunk_tokens=chunk_tokens,
+    )  # [M]
+    out = picked.new_zeros(layout.scored.shape)  # [N, T]
+    out[layout.scored] = picked
+    return out
 
 
 @torch.no_grad()

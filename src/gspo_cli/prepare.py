@@ -40,7 +40,8 @@ from gspo_cli.recipe import DataSection
 
 Progress = Callable[[str, int, int], None]  # (split, rows done, rows in the split)
 
-PREPARED_VERSION = 1  # bump when the prepared files' format changes: the cache key includes it
+PREPARED_VERSION = 2  # bump when the prepared files' format changes: the cache key includes it
+# 2: prompts rendered with enable_thinking=False (Qwen3 templates)
 MANIFEST_FILE = "manifest.json"
 _RENDER_CHUNK = 256  # prompts rendered and tokenized per progress update
 

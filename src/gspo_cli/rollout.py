@@ -106,14 +106,16 @@ def collect(
 
         budget, chunk = recipe.train.microbatch_tokens, recipe.train.logprob_chunk_tokens
         old_experts, around = _routing_recorder(policy, gen, cluster)
-        old = batched_logprobs(
-            policy,
-            gen,
-            temperature=temperature,
-            max_tokens=budget,
-            chunk_tokens=chunk,
-            around=around,
-        )  # [n, T]
+        old = gen.logprobs  # [n, T] from sampling itself, when that is exact enough
+        if old is None or around is not None:  # a separate π_old forward (records MoE routing)
+            old = batched_logprobs(
+                policy,
+                gen,
+                temperature=temperature,
+                max_tokens=budget,
+                chunk_tokens=chunk,
+                around=around,
+            )  # [n, T]
         ref = None
         if ref_policy is not None:
             ref = batched_logprobs(

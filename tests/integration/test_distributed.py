@@ -1,5 +1,5 @@
 """Two processes (torchrun, FSDP2, gloo on CPU) train exactly as one, on the warm-started
-tiny default: the same samples, metrics and, to 1e-5, the same final weights."""
+tiny default: the same samples, metrics and, to 1e-4 (float32 rounding), the same final weights."""
 
 from __future__ import annotations
 
@@ -29,7 +29,12 @@ from cli_runs import (
 )
 
 HERE = Path(__file__).resolve().parent
-TOLERANCE = 1e-5  # fp32; measured differences are ~2e-7
+# fp32. The packed log-prob forward rounds a row differently depending on which rows share
+# its segment (one process packs both ranks' rows together), and Adam at lr 1e-3 amplifies
+# that: measured 1.7e-5 on the weights and 1.3e-4 (relative) on a gradient norm after 3 steps.
+# A per-rank normalisation error moves them by whole percent (tests/unit/test_rank_invariance).
+TOLERANCE = 1e-4
+ROW_RTOL = 1e-3
 G = 4  # rollout.group_size in SMALL
 PROMPTS = 4  # rollout.prompts_per_step in SMALL
 # SMALL, plus micro-batches of about 2 rows (so ranks holding different numbers of a
@@ -62,7 +67,7 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 
 
 def assert_same_rows(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
-    """Same rows and keys; sample-determined values equal, loss-side values within 1e-5."""
+    """Same rows and keys; sample-determined values equal, loss-side values within ROW_RTOL."""
     got, want = without_timing(got), without_timing(want)
     assert [(r["step"], sorted(r)) for r in got] == [(r["step"], sorted(r)) for r in want]
     for a, b in zip(got, want, strict=True):
@@ -70,7 +75,7 @@ def assert_same_rows(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> N
             if key in SAMPLED_KEYS or not isinstance(value, float):
                 assert a[key] == value, (a["step"], key, a[key], value)
             else:
-                assert a[key] == pytest.approx(value, rel=1e-4, abs=TOLERANCE), (a["step"], key)
+                assert a[key] == pytest.approx(value, rel=ROW_RTOL, abs=TOLERANCE), (a["step"], key)
 
 
 def tail(result: subprocess.CompletedProcess[str]) -> str:
@@ -89,7 +94,7 @@ def one_process(warm_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 @pytest.mark.slow
 def test_two_processes_train_exactly_as_one(one_process: tuple[Path, Path], tmp_path: Path) -> None:
-    """torchrun --nproc_per_node 2: exit 0; final weights equal one process's within 1e-5;
+    """torchrun --nproc_per_node 2: exit 0; final weights equal one process's within 1e-4;
     both ranks hold the same weights; each prompt's G completions were sampled on one rank
     and the ranks' prompts add up to the step's; rank 0's checkpoint is a plain HF model."""
     one_out, one_dump = one_process

@@ -350,3 +350,24 @@ def test_doctest_examples_hold() -> None:
 
     result = doctest.testmod(data)
     assert result.attempted > 0 and result.failed == 0, result
+
+
+def test_render_prompt_turns_qwen3_thinking_off_and_leaves_other_templates_alone() -> None:
+    """A template reading `enable_thinking` (as Qwen3's does) gets the empty think block of
+    non-thinking mode; the tests' Qwen-style template and plain text render as before."""
+    qwen_template = (  # as tests/conftest.py's QWEN_TEMPLATE
+        "{%- for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+    )
+    tokenizer = build_tokenizer()
+    assert data.render_prompt(tokenizer, "1+2=") == "1+2="  # no template: the text itself
+    tokenizer.chat_template = qwen_template
+    assert data.render_prompt(tokenizer, "1+2=") == QWEN_HEAD + "1+2=" + QWEN_TAIL
+    tokenizer.chat_template = qwen_template + (
+        "{%- if enable_thinking is defined and enable_thinking is false %}"
+        "{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    )
+    rendered = data.render_prompt(tokenizer, "1+2=")
+    assert rendered == QWEN_HEAD + "1+2=" + QWEN_TAIL + "<think>\n\n</think>\n\n", rendered

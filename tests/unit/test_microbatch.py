@@ -103,8 +103,13 @@ def test_split_gradient_equals_unsplit(rollout: tuple[object, RolloutBatch], mod
     loss_b, stats_b, grads_b = run(1)
     assert loss_a == pytest.approx(loss_b, rel=1e-12, abs=1e-12)
     assert stats_a == stats_b
+    # One pass packs the rows that share a prompt onto one copy of it; one-row micro-batches
+    # cannot. The prompt's gradient is then summed before, not after, Qwen3's RMSNorm, whose
+    # backward runs in float32 even for a float64 model: equal to float32 rounding (a wrong
+    # micro-batch weight would be off by tens of percent).
     for a, b in zip(grads_a, grads_b, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+        scale = b.abs().max().item()
+        assert (a - b).abs().max().item() <= 1e-6 * scale, ((a - b).abs().max(), scale)
     assert any(g.abs().sum() > 0 for g in grads_a), "the test needs a non-zero gradient"
 
 
@@ -120,4 +125,5 @@ def test_chunked_head_equals_full_logits(
     chunked = completion_logprobs(model, gen.input_ids, gen.attention_mask, t, 0.8, 5)
     monkeypatch.setattr(policy, "_plain_linear_head", lambda _: None)
     full = completion_logprobs(model, gen.input_ids, gen.attention_mask, t, 0.8, 5)
-    torch.testing.assert_close(chunked, full.double(), rtol=0, atol=1e-10)
+    real = gen.completion_mask.bool()  # padding is 0 on the packed path, arbitrary on the other
+    torch.testing.assert_close(chunked[real], full.double()[real], rtol=0, atol=1e-10)
