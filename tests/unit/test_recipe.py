@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from gspo_cli.errors import RecipeError
@@ -249,6 +251,29 @@ def test_readme_documents_every_recipe_key() -> None:
     assert documented - keys == set(), documented - keys
     # A guard on growth (style: no god-config): raise it only with a reason in the CHANGELOG.
     assert len(keys) <= 43, f"{len(keys)} recipe leaves: keep the schema small"
+
+
+def test_readme_recipe_defaults_match_the_schema() -> None:
+    """Each README row's default (a literal in backticks) is what the default recipe holds."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Recipe reference", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([\w.]+)` \| `([^`]*)` \|", section, re.M)
+    assert len(rows) >= 30, rows  # most rows give a literal default ("by task" ones do not)
+    resolved = load_recipe(None).model_dump(mode="json")
+    for key, shown in rows:
+        value: Any = resolved
+        for part in key.split("."):
+            value = value[part]
+        assert _literal(shown) == value, f"README says {key} defaults to {shown}, not {value}"
+
+
+def _literal(text: str) -> Any:
+    """A README default as a value: numbers such as 3e-5 (which YAML 1.1 reads as a string),
+    else YAML (true, none-like words stay strings)."""
+    try:
+        return float(text) if any(c in text for c in ".e") and text[0].isdigit() else int(text)
+    except ValueError:
+        return yaml.safe_load(text)
 
 
 def test_grpo_twin_differs_only_in_the_algorithm() -> None:
