@@ -54,6 +54,21 @@ def build_tokenizer() -> Any:
     )
 
 
+def _shape(pad_id: int, eos_id: int) -> dict[str, Any]:
+    """What the dense and the MoE tiny models share: attention, depth, ids."""
+    return {
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "max_position_embeddings": 256,
+        "tie_word_embeddings": True,
+        "pad_token_id": pad_id,
+        "eos_token_id": eos_id,
+        "bos_token_id": eos_id,
+    }
+
+
 def build_model(vocab_size: int, pad_id: int, eos_id: int, seed: int = 0) -> Any:
     """A ~0.8M-parameter Qwen3ForCausalLM from config (random weights)."""
     import torch
@@ -63,15 +78,7 @@ def build_model(vocab_size: int, pad_id: int, eos_id: int, seed: int = 0) -> Any
         vocab_size=vocab_size,
         hidden_size=128,
         intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        pad_token_id=pad_id,
-        eos_token_id=eos_id,
-        bos_token_id=eos_id,
+        **_shape(pad_id, eos_id),
     )
     torch.manual_seed(seed)
     return Qwen3ForCausalLM(config)
@@ -92,15 +99,7 @@ def build_moe_model(vocab_size: int, pad_id: int, eos_id: int, seed: int = 0) ->
         num_experts=8,
         num_experts_per_tok=2,
         norm_topk_prob=True,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        pad_token_id=pad_id,
-        eos_token_id=eos_id,
-        bos_token_id=eos_id,
+        **_shape(pad_id, eos_id),
     )
     torch.manual_seed(seed)
     return Qwen3MoeForCausalLM(config)
