@@ -852,12 +852,15 @@ def _comparison_table(groups: list[AlgoSummary]) -> Table:
 
     table = Table(title="GSPO / GRPO comparison (mean ± std over seeds)")
     table.add_column("algorithm", no_wrap=True)
-    table.add_column("seeds")
+    table.add_column("seeds", overflow="fold")
     shown = comparing.columns(groups)
-    for title in shown.values():
-        table.add_column(title, justify="right")
-    for g in groups:
-        cells = [comparing.format_stat(g.stats[k], k) for k in shown]
+    rows = [[comparing.format_stat(g.stats[k], k) for k in shown] for g in groups]
+    for i, title in enumerate(shown.values()):
+        # A number is never cut to "0.00…" in a narrow terminal: a column is at least as wide
+        # as its longest number (headers and "± spread" wrap instead), and folds past that.
+        widest = max((len(word) for row in rows for word in row[i].split()), default=1)
+        table.add_column(title, justify="right", min_width=widest, overflow="fold")
+    for g, cells in zip(groups, rows, strict=True):
         table.add_row(g.label, ", ".join(map(str, g.seeds)), *cells)
     return table
 

@@ -287,3 +287,20 @@ def test_list_option_without_value_is_refused(calls: list[Call]) -> None:
     result = runner.invoke(app, ["compare", "--seeds", "--algos", "grpo"])
     assert result.exit_code == 2
     assert calls == []
+
+
+def test_narrow_terminal_never_cuts_a_number(
+    calls: list[Call], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 60 columns headers and spreads wrap, but every figure is shown whole (no '…')."""
+    from rich.console import Console
+
+    from gspo_cli import cli
+
+    monkeypatch.setattr(cli, "console", Console(width=60, soft_wrap=True))
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, compare_args(out, "--set", "train.steps=2", "-q"))
+    assert result.exit_code == 0, result.output
+    table = result.output.split("GSPO / GRPO comparison", 1)[1].split("leads", 1)[0]
+    assert "…" not in table, table
+    assert "0.002" in table and "0.2" in table, table  # the two clip fractions, whole
