@@ -105,7 +105,7 @@ def collect(
         scored = time.perf_counter()
 
         budget, chunk = recipe.train.microbatch_tokens, recipe.train.logprob_chunk_tokens
-        old_experts, around = _routing_recorder(policy, gen, cluster)
+        old_experts, around = _routing_recorder(policy, gen)
         old = gen.logprobs  # [n, T] from sampling itself, when that is exact enough
         if old is None or around is not None:  # a separate π_old forward (records MoE routing)
             old = batched_logprobs(
@@ -123,7 +123,9 @@ def collect(
             )  # [n, T]
         done = time.perf_counter()
 
-    gen, old, ref, sampled_by = _gather(cluster, gen, old, ref, tokenizer.pad_token_id)
+    gen, old, ref, sampled_by, old_experts = _gather(
+        cluster, gen, old, ref, tokenizer.pad_token_id, old_experts
+    )
     batch = RolloutBatch(gen, rewards, advantages.to(old.device), old, ref, sampled_by, old_experts)
     timings = distributed.max_floats(
         cluster,
@@ -148,13 +150,13 @@ def collect(
 
 
 def _routing_recorder(
-    policy: Any, gen: Generation, cluster: Cluster
+    policy: Any, gen: Generation
 ) -> tuple[torch.Tensor | None, Callable[[MicroBatch], AbstractContextManager[Any]] | None]:
-    """For a mixture-of-experts policy in one process: an empty `[N, P+T, L, k]` tensor for
-    π_old's expert choices and the `batched_logprobs` hook that fills it. (None, None) for a
-    dense model, and under torchrun, where routing is not recorded.)"""
+    """For a mixture-of-experts policy: an empty `[n, P+T, L, k]` tensor for π_old's expert
+    choices on this rank's rows (gathered with the rest by `_gather`) and the
+    `batched_logprobs` hook that fills it. (None, None) for a dense model."""
     routers = routing.find_routers(policy)
-    if not routers or cluster.is_distributed:
+    if not routers:
         return None, None
     n, width = gen.input_ids.shape
     into = routing.empty_choice(routers, n, width, gen.input_ids.device)
@@ -173,12 +175,14 @@ def _gather(
     old: torch.Tensor,
     ref: torch.Tensor | None,
     pad_id: int,
-) -> tuple[Generation, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    experts: torch.Tensor | None = None,
+) -> tuple[Generation, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Every rank's rows in rank order, re-padded to the widest prompt and completion: the
     tensors one process would have produced for the whole batch. Also which rank sampled
-    each row (None in one process)."""
+    each row (None in one process). π_old's `experts` `[n, P+T, L, k]` are re-padded like
+    the input ids (with `NO_EXPERT`), so they stay in the gathered batch's column layout."""
     if not cluster.is_distributed:
-        return gen, old, ref, None
+        return gen, old, ref, None, experts
     t = gen.completion_mask.shape[1]
     p = gen.input_ids.shape[1] - t
     wide_p, wide_t = distributed.max_int(cluster, p), distributed.max_int(cluster, t)
@@ -204,4 +208,21 @@ def _gather(
         completions(old),  # [N, T]
         completions(ref) if ref is not None else None,  # [N, T]
         distributed.gather_rows(cluster, own),  # [N]
+        _gather_experts(cluster, experts, p, wide_p, wide_t),  # [N, P+T, L, k]
     )
+
+
+def _gather_experts(
+    cluster: Cluster, experts: torch.Tensor | None, p: int, wide_p: int, wide_t: int
+) -> torch.Tensor | None:
+    """This rank's `[n, p+t, L, k]` expert choices -> every rank's `[N, wide_p+wide_t, L, k]`:
+    prompt columns left-padded and completion columns right-padded with `NO_EXPERT`, exactly
+    as `_gather` re-pads the input ids. Sent as int32: gloo has no int16 collectives."""
+    if experts is None:
+        return None
+    t = experts.shape[1] - p
+    shape = (experts.shape[0], wide_p + wide_t, *experts.shape[2:])
+    wide = torch.full(shape, routing.NO_EXPERT, dtype=torch.int32, device=experts.device)
+    wide[:, wide_p - p : wide_p] = experts[:, :p]  # prompt, left-padded
+    wide[:, wide_p : wide_p + t] = experts[:, p:]  # completion, right-padded
+    return distributed.gather_rows(cluster, wide).to(experts.dtype)

@@ -418,7 +418,7 @@ def run(
     source = str(resume_from) if resume_from else recipe.model.name
     policy, tokenizer = _build_policy(source, recipe, cluster, say)
     policy.train()
-    meter = _drift_meter(policy, recipe, cluster)  # None for a dense model
+    meter = _drift_meter(policy, recipe)  # None for a dense model
     ref_policy = _reference(policy, recipe, resume_from is not None, cluster, say)
     reward_fn = rewards.combine(recipe.reward_terms)
     checker = rewards.checker(recipe.reward_terms)  # decides correct answers in evaluations
@@ -502,7 +502,7 @@ def run(
                 "step": step,
                 **asdict(rollout_stats),
                 **asdict(update_stats),
-                **(meter.metrics() if meter is not None else {}),
+                **_drift_metrics(meter, cluster),
                 "lr": optimizer.param_groups[0]["lr"],
                 "rollout_s": rollout_stats.seconds,
                 "step_s": step_s,
@@ -572,11 +572,10 @@ def _rewind_logs(
     return [r["eval_accuracy"] for r in kept if "eval_accuracy" in r]
 
 
-def _drift_meter(
-    policy: LogProbModel, recipe: Recipe, cluster: Cluster
-) -> routing.DriftMeter | None:
-    """A router-drift meter for a mixture-of-experts policy in one process, else None.
-    `algo.routing_replay` needs one: it is refused before any step otherwise."""
+def _drift_meter(policy: LogProbModel, recipe: Recipe) -> routing.DriftMeter | None:
+    """A router-drift meter for a mixture-of-experts policy, else None (each rank measures
+    its own rows; `_drift_metrics` sums the ranks). `algo.routing_replay` needs one: it is
+    refused before any step otherwise."""
     routers = routing.find_routers(policy)
     if recipe.algo.routing_replay and not routers:
         raise UserError(
@@ -584,14 +583,16 @@ def _drift_meter(
             "there is no expert choice to replay; use a Qwen3-MoE model (e.g. model.name: "
             "tiny-qwen3-moe) or set algo.routing_replay: false"
         )
-    if routers and cluster.is_distributed:
-        if recipe.algo.routing_replay:
-            raise UserError(
-                "algo.routing_replay: not supported under torchrun yet (π_old's expert choices "
-                "are recorded in one process only); run in one process or set it to false"
-            )
-        return None
     return routing.DriftMeter() if routers else None
+
+
+def _drift_metrics(meter: routing.DriftMeter | None, cluster: Cluster) -> dict[str, float]:
+    """The metrics row's router drift over the whole last minibatch: every rank's counts
+    summed (collective), then the fractions; {} for a dense model."""
+    if meter is None:
+        return {}
+    distributed.all_reduce(cluster, meter.counts)
+    return meter.metrics()
 
 
 def _greedy_accuracy(

@@ -4,6 +4,7 @@ tiny default: the same samples, metrics and, to 1e-4 (float32 rounding), the sam
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -213,3 +214,101 @@ def test_ctrl_c_under_nproc_stops_every_rank_after_a_checkpoint(
     stopped_at = max(r["step"] for r in read_metrics(run / "metrics.jsonl"))
     assert checkpoint.name == f"step_{stopped_at:06d}" and 2 <= stopped_at < 40
     assert sorted(p.name for p in (checkpoint / "rng").iterdir()) == ["rank0.pt", "rank1.pt"]
+
+
+# A 2-step MoE run on the untrained tiny Qwen3-MoE: 4 prompts × 4 completions, 2 minibatches
+# (so the last minibatch is off-policy and its router drift is not trivially 0).
+MOE_SETS = (
+    "train.steps=2",
+    "train.eval_every=0",
+    "train.save_every=0",
+    "rollout.prompts_per_step=4",
+    "rollout.group_size=4",
+    "algo.minibatches=2",
+    "optim.lr=1e-3",
+)
+# Drift counts changed expert sets: equal unless a near tie in the router logits flips one
+# (token, layer) choice under the ~1e-6 rounding differences between one process's forwards
+# and two's. Measured: equal to the last digit here; at lr 1e-2 one position of 256 flipped
+# in the replay run (0.0039); 0.01 allows two such flips.
+DRIFT_ATOL = 0.01
+
+
+# The untrained model never answers a sum, so `exact` would give every group equal rewards
+# and no gradient: this reward (the share of digits in a completion) varies within groups.
+DIGITS_REWARD = """def score(completion: str, reference: str) -> float:
+    return sum(c.isdigit() for c in completion) / max(len(completion), 1)
+"""
+
+
+@pytest.fixture
+def digits_reward(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`moe_digits_reward:score`, importable by the CLI subprocesses (via PYTHONPATH)."""
+    folder = tmp_path / "reward"
+    folder.mkdir()
+    (folder / "moe_digits_reward.py").write_text(DIGITS_REWARD)
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", f"{folder}{os.pathsep}{path}" if path else str(folder))
+    return "moe_digits_reward:score"
+
+
+def moe_run(
+    model_dir: Path, out: Path, nproc: int, *sets: str
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    all_sets = (f"model.name={model_dir}", *MOE_SETS, *sets)
+    if nproc == 1:
+        result = train(out, *all_sets)
+    else:
+        result = torchrun(nproc, "train", "--quiet", "--out", str(out), sets=all_sets)
+    assert result.returncode == 0, tail(result)
+    return result, read_metrics(out / "metrics.jsonl")
+
+
+def train_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if "router_drift" in r]
+
+
+@pytest.mark.slow
+def test_gathered_experts_follow_the_input_ids_layout() -> None:
+    """Ranks with different prompt (2, 5) and completion (5, 2) widths: π_old's gathered
+    experts are re-padded exactly as the input ids (prompt left, completion right, NO_EXPERT)
+    and in the same row order, so the whole batch's columns line up on every rank."""
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
+    result = run_torchrun(2, [str(HERE / "gather_worker.py")], env, timeout=120)
+    assert result.returncode == 0, tail(result)
+    assert result.stdout.count("in the input ids' layout") == 2, result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("replay", [False, True], ids=["drift", "replay"])
+def test_two_processes_measure_router_drift_as_one(
+    tiny_moe_dir: Path, tmp_path: Path, digits_reward: str, replay: bool
+) -> None:
+    """MoE under torchrun: π_old's experts are recorded on every rank and gathered in the
+    batch's layout, each rank measures drift on its own rows and the counts are summed, so 2
+    processes log the router drift of 1 (within DRIFT_ATOL), with and without Routing
+    Replay; the drift is nonzero (the measurement is live) and the samples are the same."""
+    sets = (f"algo.routing_replay={str(replay).lower()}", f"reward={digits_reward}")
+    _, one = moe_run(tiny_moe_dir, tmp_path / "one", 1, *sets)
+    _, two = moe_run(tiny_moe_dir, tmp_path / "two", 2, *sets)
+    one, two = train_rows(one), train_rows(two)
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2]
+    for a, b in zip(two, one, strict=True):
+        assert a["completion_tokens"] == b["completion_tokens"], "same samples as 1 process"
+        assert a["reward_mean"] == b["reward_mean"]
+        for key in ("router_drift", "router_drift_tokens"):
+            assert a[key] == pytest.approx(b[key], abs=DRIFT_ATOL), (a["step"], key, a[key], b[key])
+        assert a["loss"] == pytest.approx(b["loss"], rel=ROW_RTOL, abs=TOLERANCE), a["step"]
+    assert any(r["router_drift"] > 0 for r in one), "lr 1e-3 should move some experts"
+
+
+@pytest.mark.slow
+def test_two_processes_router_drift_is_zero_without_updates(
+    tiny_moe_dir: Path, tmp_path: Path
+) -> None:
+    """optim.lr=0 under torchrun: the last minibatch's routers choose exactly π_old's experts
+    in every (token, layer) position, so both drift figures are exactly 0 — the gathered
+    experts line up with the gathered batch's columns on every rank."""
+    _, rows = moe_run(tiny_moe_dir, tmp_path / "run", 2, "optim.lr=0", "train.steps=1")
+    (row,) = train_rows(rows)
+    assert row["router_drift"] == 0.0 and row["router_drift_tokens"] == 0.0
