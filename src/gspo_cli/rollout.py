@@ -164,9 +164,11 @@ def _routing_recorder(
 
 
 def _pad(tensor: torch.Tensor, width: int, value: float, *, left: bool) -> torch.Tensor:
-    """`[n, w]` padded with `value` to `[n, width]` on the left or the right."""
+    """`[n, w, ...]` padded with `value` to `[n, width, ...]` on the left or the right of
+    dim 1 (F.pad lists trailing dims first; the ones after dim 1 get no padding)."""
     extra = width - tensor.shape[1]
-    return F.pad(tensor, (extra, 0) if left else (0, extra), value=value)
+    trailing = [0, 0] * (tensor.dim() - 2)
+    return F.pad(tensor, [*trailing, *((extra, 0) if left else (0, extra))], value=value)
 
 
 def _gather(
@@ -188,8 +190,8 @@ def _gather(
     wide_p, wide_t = distributed.max_int(cluster, p), distributed.max_int(cluster, t)
 
     def rows(tensor: torch.Tensor, value: float) -> torch.Tensor:
-        prompt = _pad(tensor[:, :p], wide_p, value, left=True)  # [n, P]
-        completion = _pad(tensor[:, p:], wide_t, value, left=False)  # [n, T]
+        prompt = _pad(tensor[:, :p], wide_p, value, left=True)  # [n, P, ...]
+        completion = _pad(tensor[:, p:], wide_t, value, left=False)  # [n, T, ...]
         return distributed.gather_rows(cluster, torch.cat([prompt, completion], dim=1))
 
     def completions(tensor: torch.Tensor) -> torch.Tensor:
@@ -208,21 +210,6 @@ def _gather(
         completions(old),  # [N, T]
         completions(ref) if ref is not None else None,  # [N, T]
         distributed.gather_rows(cluster, own),  # [N]
-        _gather_experts(cluster, experts, p, wide_p, wide_t),  # [N, P+T, L, k]
+        # [N, P+T, L, k], sent as int32: gloo has no int16 collectives
+        None if experts is None else rows(experts.int(), routing.NO_EXPERT).to(experts.dtype),
     )
-
-
-def _gather_experts(
-    cluster: Cluster, experts: torch.Tensor | None, p: int, wide_p: int, wide_t: int
-) -> torch.Tensor | None:
-    """This rank's `[n, p+t, L, k]` expert choices -> every rank's `[N, wide_p+wide_t, L, k]`:
-    prompt columns left-padded and completion columns right-padded with `NO_EXPERT`, exactly
-    as `_gather` re-pads the input ids. Sent as int32: gloo has no int16 collectives."""
-    if experts is None:
-        return None
-    t = experts.shape[1] - p
-    shape = (experts.shape[0], wide_p + wide_t, *experts.shape[2:])
-    wide = torch.full(shape, routing.NO_EXPERT, dtype=torch.int32, device=experts.device)
-    wide[:, wide_p - p : wide_p] = experts[:, :p]  # prompt, left-padded
-    wide[:, wide_p : wide_p + t] = experts[:, p:]  # completion, right-padded
-    return distributed.gather_rows(cluster, wide).to(experts.dtype)
