@@ -6,6 +6,7 @@ Usage: torchrun --nproc_per_node 2 dist_worker.py MODEL_DIR
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -28,7 +29,8 @@ def main(model_dir: str) -> None:
         logprobs = completion_logprobs(policy, gen.input_ids, gen.attention_mask, t)  # [n, T]
         logprobs.sum().backward()
         norm = distributed.local_value(torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0))
-        print(f"rank {cluster.rank} decoded {t} tokens, grad norm {float(norm):.6f}", flush=True)
+        line = f"rank {cluster.rank} decoded {t} tokens, grad norm {float(norm):.6f}\n"
+        os.write(1, line.encode())  # one write: the ranks share stdout, lines must not interleave
 
 
 if __name__ == "__main__":
