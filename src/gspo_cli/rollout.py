@@ -26,10 +26,11 @@ from gspo_cli.data import Example, render_prompt
 from gspo_cli.distributed import SINGLE, Cluster
 from gspo_cli.losses import group_advantages
 from gspo_cli.microbatch import MicroBatch
-from gspo_cli.policy import Generation, batched_logprobs, causal_lm, generate
+from gspo_cli.policy import Generation, generate
 from gspo_cli.recipe import Recipe
 from gspo_cli.rewards import RewardFn, score
 from gspo_cli.rewards import label as reward_label
+from gspo_cli.scoring import batched_logprobs, causal_lm
 from gspo_cli.seeding import derive
 
 

@@ -59,19 +59,12 @@ from gspo_cli.evaluate import greedy_correct
 from gspo_cli.interrupt import StopRequest
 from gspo_cli.losses import LossStats, kl_k3, policy_loss
 from gspo_cli.metrics import MetricsWriter, NullWriter, Row, read_metrics
-from gspo_cli.policy import (
-    LogProbModel,
-    causal_lm,
-    check_model_source,
-    completion_logprobs,
-    load_policy,
-    load_tokenizer,
-    pick_device,
-)
+from gspo_cli.policy import check_model_source, load_policy, load_tokenizer, pick_device
 from gspo_cli.preflight import require_working_rewards
 from gspo_cli.prepare import load_task
 from gspo_cli.recipe import Recipe, check_world_size
 from gspo_cli.rollout import RolloutBatch, collect
+from gspo_cli.scoring import LogProbModel, causal_lm, completion_logprobs, support
 from gspo_cli.seeding import derive
 from gspo_cli.watchdog import RunWarning, Watchdog
 
@@ -311,6 +304,8 @@ def _build_policy(
     device = cluster.device() if cluster.is_distributed else pick_device()
     with distributed.main_first(cluster):
         model, tokenizer = load_policy(source, recipe.model.dtype, device, say)
+    if note := support(model).note:  # probed here, before sharding, the same on every rank
+        say(f"{recipe.model.name}: {note}")
     policy = LogProbModel(model)
     if cluster.is_distributed:
         distributed.shard(policy, model)

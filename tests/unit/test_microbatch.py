@@ -9,9 +9,10 @@ import torch
 
 from gspo_cli import microbatch
 from gspo_cli.losses import group_advantages
-from gspo_cli.policy import batched_logprobs, completion_logprobs, generate, load_policy
+from gspo_cli.policy import generate, load_policy
 from gspo_cli.recipe import load_recipe
 from gspo_cli.rollout import RolloutBatch
+from gspo_cli.scoring import batched_logprobs, completion_logprobs
 from gspo_cli.train import accumulate_gradients
 
 # Four rows, P = 4 prompt columns (left-padded), T = 3 completion columns (right-padded).
@@ -117,13 +118,13 @@ def test_chunked_head_equals_full_logits(
     rollout: tuple[object, RolloutBatch], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The chunked log-prob path and the full-logits fallback agree on a real model."""
-    from gspo_cli import policy
+    from gspo_cli import scoring
 
     model, batch = rollout
     gen = batch.gen
     t = gen.completion_mask.shape[1]
     chunked = completion_logprobs(model, gen.input_ids, gen.attention_mask, t, 0.8, 5)
-    monkeypatch.setattr(policy, "_plain_linear_head", lambda _: None)
+    monkeypatch.setattr(scoring, "plain_linear_head", lambda _: None)
     full = completion_logprobs(model, gen.input_ids, gen.attention_mask, t, 0.8, 5)
     real = gen.completion_mask.bool()  # padding is 0 on the packed path, arbitrary on the other
     torch.testing.assert_close(chunked[real], full.double()[real], rtol=0, atol=1e-10)

@@ -11,8 +11,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from gspo_cli import policy
-from gspo_cli.policy import RowSampler, completion_logprobs, decode, load_policy, pack_rows
+from gspo_cli import policy, scoring
+from gspo_cli.packing import pack_rows
+from gspo_cli.policy import RowSampler, decode, load_policy
+from gspo_cli.scoring import completion_logprobs
 
 CPU = torch.device("cpu")
 PAD = 0
@@ -91,7 +93,7 @@ def model64(tiny_model_dir: Path) -> Any:
 def _logprobs_and_grads(
     model: Any, packed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Tensor, list[Tensor]]:
-    monkeypatch.setattr(policy, "_packable", lambda _: packed)
+    monkeypatch.setattr(scoring, "support", lambda _: scoring.Support(True, packed, True, ""))
     model.zero_grad()
     weights = torch.tensor(
         [[1.0, -2.0, 0.5], [0.3, 1.0, -1.0], [2.0, 0.7, 0.0]], dtype=torch.float64
@@ -174,7 +176,7 @@ def test_sampling_pass_log_probs_stand_in_for_pi_old(tiny_model_dir: Path) -> No
         model, tokenizer, prompts, max_new_tokens=8, temperature=0.7, seeds=range(12)
     )
     assert gen.logprobs is not None
-    forward = policy.batched_logprobs(model, gen, temperature=0.7, max_tokens=0)  # [N, T]
+    forward = scoring.batched_logprobs(model, gen, temperature=0.7, max_tokens=0)  # [N, T]
     real = gen.completion_mask.bool()
     assert (gen.logprobs[real] - forward[real]).abs().max().item() < 1e-4
     assert (gen.logprobs[~real] == 0).all()

@@ -17,13 +17,13 @@ from torch import Tensor
 
 from gspo_cli.errors import ModelError
 from gspo_cli.policy import (
-    completion_logprobs,
     completion_mask,
     eos_ids,
     generate,
     load_policy,
     pick_dtype,
 )
+from gspo_cli.scoring import completion_logprobs
 from gspo_cli.tiny import build_model, build_tokenizer
 
 CPU = torch.device("cpu")

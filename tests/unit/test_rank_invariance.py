@@ -17,16 +17,10 @@ from gspo_cli import distributed
 from gspo_cli.distributed import Cluster, from_env
 from gspo_cli.errors import RecipeError, UserError
 from gspo_cli.losses import group_advantages
-from gspo_cli.policy import (
-    LogProbModel,
-    RowSampler,
-    completion_logprobs,
-    generate,
-    load_policy,
-    top_p_filter,
-)
+from gspo_cli.policy import RowSampler, generate, load_policy, top_p_filter
 from gspo_cli.recipe import check_world_size, load_recipe
 from gspo_cli.rollout import RolloutBatch
+from gspo_cli.scoring import LogProbModel, completion_logprobs
 from gspo_cli.seeding import derive
 from gspo_cli.train import _idle_pass, accumulate_gradients, minibatch_order
 

@@ -14,14 +14,9 @@ import torch
 from gspo_cli import microbatch, routing
 from gspo_cli.errors import UserError
 from gspo_cli.metrics import read_metrics
-from gspo_cli.policy import (
-    Generation,
-    batched_logprobs,
-    completion_logprobs,
-    generate,
-    load_policy,
-)
+from gspo_cli.policy import Generation, generate, load_policy
 from gspo_cli.recipe import load_recipe
+from gspo_cli.scoring import batched_logprobs, completion_logprobs
 from gspo_cli.train import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
