@@ -4,7 +4,8 @@ An `Example` is a prompt text (the user's turn: the question plus the recipe's i
 before any chat template) and the reference answer its reward is checked against. Sources:
 
 - generated in code, no download: `addition` (two-digit sums `a+b=`, 256 pairs held out, the
-  same for every run and seed) and `countdown` without a source (numbers and a reachable
+  same for every run and seed), `sums` (chat-phrased `What is a + b?` for a, b in 1..20, 128
+  held out; for pretrained chat models) and `countdown` without a source (numbers and a reachable
   target, from a fixed seed);
 - a hub dataset id, read with `datasets.load_dataset(source, config, split=...)`;
 - a local JSONL, JSON or Parquet file (10% of it, chosen with a fixed seed, is held out for
@@ -37,6 +38,9 @@ LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 ADDITION_TEST_SIZE = 256
 # Held-out splits are fixed by these seeds, not the run's, so evaluations compare across runs.
 _ADDITION_SPLIT_SEED = 20250721
+SUMS_LARGEST = 20
+SUMS_TEST_SIZE = 128
+_SUMS_SPLIT_SEED = 20250724
 COUNTDOWN_TEST_SIZE = 512
 _COUNTDOWN_SEED = 20250722
 HOLDOUT_PERCENT = 10  # of a single-file source, held out as its test split
@@ -66,6 +70,24 @@ def addition_examples(split: Split) -> list[Example]:
     random.Random(_ADDITION_SPLIT_SEED).shuffle(pairs)
     chosen = pairs[:ADDITION_TEST_SIZE] if split == "test" else pairs[ADDITION_TEST_SIZE:]
     return [Example(prompt=f"{a}+{b}=", reference=str(a + b)) for a, b in chosen]
+
+
+def sums_examples(split: Split, instruction: str) -> list[Example]:
+    """Chat-phrased sums, `What is a + b?` -> `a+b` for a, b in 1..20 (400 questions), 128
+    held out for `test`; the recipe's instruction follows each question.
+
+    >>> sums_examples("test", "Answer with just the number.")[0].prompt
+    'What is 15 + 18?\\n\\nAnswer with just the number.'
+    >>> len(sums_examples("train", "")), len(sums_examples("test", ""))
+    (272, 128)
+    """
+    numbers = range(1, SUMS_LARGEST + 1)
+    pairs = [(a, b) for a in numbers for b in numbers]
+    random.Random(_SUMS_SPLIT_SEED).shuffle(pairs)
+    chosen = pairs[:SUMS_TEST_SIZE] if split == "test" else pairs[SUMS_TEST_SIZE:]
+    return [
+        Example(with_instruction(f"What is {a} + {b}?", instruction), str(a + b)) for a, b in chosen
+    ]
 
 
 def countdown_problem(rng: random.Random) -> tuple[list[int], int]:
@@ -396,6 +418,8 @@ def source_examples(data: DataSection, source: Source) -> dict[Split, list[Examp
     """Both splits of the recipe's task as Examples, from code or from the source."""
     if source.kind == "generated" and data.task == "addition":
         return {s: addition_examples(s) for s in SPLITS}
+    if source.kind == "generated" and data.task == "sums":
+        return {s: sums_examples(s, data.instruction) for s in SPLITS}
     if source.kind == "generated":  # countdown
         made = countdown_examples(data.generated_size)
         return {

@@ -57,12 +57,13 @@ class ModelSection(_Section):
     )
 
 
-Task = Literal["addition", "gsm8k", "math", "countdown", "custom"]
+Task = Literal["addition", "sums", "gsm8k", "math", "countdown", "custom"]
 
 # Per task: (prompt field, answer field, instruction appended to each prompt, reward). Unset
 # recipe values take these; the resolved recipe.yaml spells them out.
 TASK_DEFAULTS: dict[str, tuple[str | None, str | None, str, str]] = {
     "addition": (None, None, "", "exact"),
+    "sums": (None, None, "Answer with just the number.", "gsm8k_flexible"),
     "gsm8k": (
         "question",
         "answer",
@@ -79,13 +80,18 @@ TASK_DEFAULTS: dict[str, tuple[str | None, str | None, str, str]] = {
     ),
     "custom": (None, None, "", "exact"),
 }
-GENERATED_TASKS = ("addition", "countdown")  # made in code; countdown may also read a source
+GENERATED_TASKS = (
+    "addition",
+    "sums",
+    "countdown",
+)  # made in code; countdown may also read a source
 
 
 class DataSection(_Section):
     task: Task = Field(
         "addition",
-        description="'addition' (synthetic two-digit sums), 'gsm8k' (question, '#### N' answer), "
+        description="'addition' (synthetic two-digit sums), 'sums' (chat-phrased 'What is "
+        "a + b?' for a, b in 1..20), 'gsm8k' (question, '#### N' answer), "
         "'math' (problem, \\boxed{} solution), 'countdown' (numbers and a target; generated "
         "without a source) or 'custom' (your prompt and answer fields)",
     )
@@ -385,9 +391,9 @@ def _data_contradictions(data: DataSection) -> list[str]:
             "(e.g. openai/gsm8k with data.config: main) or a local JSONL/JSON/Parquet file or "
             "folder"
         )
-    if data.source is not None and data.task == "addition":
+    if data.source is not None and data.task in ("addition", "sums"):
         problems.append(
-            "data.source: the addition task is generated in code and reads no dataset; remove "
+            f"data.source: the {data.task} task is generated in code and reads no dataset; remove "
             "data.source, or set data.task to gsm8k, math, countdown or custom"
         )
     if data.config is not None and data.source is None:
