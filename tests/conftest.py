@@ -27,6 +27,28 @@ def gsm8k_dir() -> Path:
     return GSM8K_DIR
 
 
+SMOLLM2_SCRIPT = REPO.parent / "shared" / "models" / "make_smollm2.py"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct (pretrained, float32) as an ordinary Hugging Face directory, built
+    once per test session by ../shared/models/make_smollm2.py (~25 s); skipped without it."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if not SMOLLM2_SCRIPT.is_file():
+        pytest.skip(f"no {SMOLLM2_SCRIPT}")
+    if importlib.util.find_spec("gguf") is None:
+        pytest.skip("SmolLM2's weights need gguf (in the dev extra)")
+    path = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct"
+    subprocess.run(
+        [sys.executable, str(SMOLLM2_SCRIPT), str(path)], check=True, capture_output=True
+    )
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny Qwen3 + character tokenizer saved as a Hugging Face directory."""
