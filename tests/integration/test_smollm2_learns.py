@@ -11,19 +11,22 @@ import pytest
 from cli_runs import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = 8
+STEPS = 6
 
 
 @pytest.mark.slow
 def test_gspo_reward_rises_on_smollm2(smollm2_dir: Path, tmp_path: Path) -> None:
-    """Eight GSPO steps of the recipe (seed 0): the mean reward of the last three steps is
-    well above that of the first three (0.25 -> 0.7 when measured)."""
+    """Six GSPO steps of the recipe (seed 0) at twice its learning rate and 16 new tokens:
+    the mean reward of the last three steps is well above that of the first three (measured:
+    0.16 -> 0.52; the full recipe goes on to 0.8 held-out accuracy)."""
     out = tmp_path / "run"
     sets = (
         f"model.name={smollm2_dir}",
         f"train.steps={STEPS}",
         "train.eval_every=0",
         "data.eval_size=8",
+        "optim.lr=1e-5",
+        "rollout.max_new_tokens=16",
     )
     done = run_cli(
         "train",
