@@ -109,19 +109,14 @@ def _probe(model: Any) -> Support:
         with torch.no_grad():
             own = _own_logits_logprobs(model, ids, attention, t, 1.0)  # [4, T]
             head = plain_linear_head(model)
-            padded = None if head is None else _padded_logprobs(model, head, ids, attention, t)
+            padded = _attempt(lambda: _padded_logprobs(model, head, ids, attention, t), head)
             head_gap = _gap(padded, own, real)
             if head_gap > tolerance:
                 notes.append(_head_note(model, head, head_gap))
                 head = None
             packed_ok = head is not None and _packed_ok(model, notes)
-            packed = (
-                _packed(model, head, ids, attention, t, 1.0, 0, force=True) if packed_ok else None
-            )
-            gap = _gap(packed, own, real)
-            if packed is not None and gap > tolerance:  # None: a window shorter than the probe
-                notes.append(f"padded forwards, not packed (packed differ by {gap:.1e})")
-                packed_ok = False
+            if packed_ok:
+                packed_ok = _packed_agrees(model, head, (ids, attention, t), own, tolerance, notes)
     finally:
         model.train(was_training)
     sampler = exact and not is_moe(config)
@@ -129,6 +124,45 @@ def _probe(model: Any) -> Support:
         notes.append(f"π_old from its own forward ({str(dtype).removeprefix('torch.')})")
     off = "; ".join(notes)
     return Support(head is not None, packed_ok, sampler, off and f"log-probs: {off}")
+
+
+# What a decoder may raise when a fast path hands it something it does not take (an unusual
+# mask, a module layout without `base_model`): the model is then scored by its own forward.
+FAST_PATH_ERRORS = (TypeError, ValueError, AttributeError, RuntimeError, KeyError, IndexError)
+
+
+def _attempt(path: Callable[[], torch.Tensor], wanted: Any) -> torch.Tensor | None:
+    """`path()` when `wanted`; None when not, or when it raises one of `FAST_PATH_ERRORS`."""
+    if not wanted:
+        return None
+    try:
+        return path()
+    except FAST_PATH_ERRORS:
+        return None
+
+
+def _packed_agrees(
+    model: Any,
+    head: Any,
+    batch: tuple[torch.Tensor, torch.Tensor, int],
+    own: torch.Tensor,
+    tolerance: float,
+    notes: list[str],
+) -> bool:
+    """Whether the packed forward of the probe batch equals the model's own forward; when
+    not, why goes into `notes`. A window shorter than the probe's rows (which the packed
+    path leaves to the padded one, batch by batch) passes."""
+    ids, attention, t = batch
+    try:
+        packed = _packed(model, head, ids, attention, t, 1.0, 0, force=True)
+    except FAST_PATH_ERRORS as exc:
+        notes.append(f"padded forwards, not packed (the decoder refused: {type(exc).__name__})")
+        return False
+    gap = _gap(packed, own, attention[:, -t:].bool())
+    if packed is not None and gap > tolerance:
+        notes.append(f"padded forwards, not packed (packed differ by {gap:.1e})")
+        return False
+    return True
 
 
 def _gap(a: torch.Tensor | None, b: torch.Tensor, real: torch.Tensor) -> float:
@@ -145,6 +179,8 @@ def _head_note(model: Any, head: Any, gap: float) -> str:
         why = f"the model applies {transform}={getattr(config, transform)} to its logits"
     elif head is None:
         why = "its output head is not a bias-free linear layer"
+    elif gap == float("inf"):
+        why = "its decoder cannot be run apart from its head"
     else:
         why = f"its output head differs from its logits by {gap:.1e}"
     return f"padded forwards with each scored token's full logits ({why})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -185,3 +186,227 @@ def test_tables_render_mean_and_spread() -> None:
     markdown = bench.markdown_table(rows).splitlines()
     assert markdown[1] == "|---|---|---|---|---|---|" and len(markdown) == 5
     assert [row[0] for row in bench.phase_rows(summary)][1:] == ["gspo train", "TRL GRPOTrainer"]
+
+
+# --- settings tables other than the tiny default ---------------------------------------------
+
+
+def test_task_examples_follow_the_settings() -> None:
+    """`addition` for the tiny default; `sums` with its default instruction for a real model."""
+    assert bench.task_examples("test")[0].prompt.endswith("=")
+    sums = {"task": "sums"}
+    train, test = bench.task_examples("train", sums), bench.task_examples("test", sums)
+    assert (len(train), len(test)) == (272, 128)
+    assert test[0].prompt == "What is 15 + 18?\n\nAnswer with just the number."
+    assert test[0].reference == "33"
+
+
+def test_cpu_split_is_rollout_and_the_rest_of_each_timed_step() -> None:
+    """Steps of 3 and 4 CPU s after warm-up, rollouts of 1 and 2: rollout 1.5, rest 2."""
+    rec = record("trl", 0, [10.0, 6.0, 8.0], cpu_phases_s={"rollout_cpu_s": [9.0, 1.0, 2.0]})
+    assert bench.cpu_split(rec, warmup=1) == {"rollout_cpu_s": 1.5, "update_cpu_s": 2.0}
+    assert bench.cpu_split(record("trl", 0, [1.0]), warmup=0) == {}  # no CPU phases recorded
+
+
+def test_run_figures_count_tokens_per_cpu_second_and_per_step() -> None:
+    """400 tokens a step; after warm-up 2 steps of 0.5 and 1.5 CPU s: 800 / 2 = 400 per CPU s."""
+    fig = bench.run_figures(record("gspo", 0, [5.0, 1.0, 3.0]), warmup=1)
+    assert fig["tokens_per_cpu_s"] == 400.0 and fig["tokens_per_step"] == 400.0
+
+
+def test_timed_records_by_the_clock_it_is_given() -> None:
+    """A clock that reads 1 then 4: the call took 3 of its units; the result passes through."""
+    ticks = iter([1.0, 4.0])
+    phases: dict[str, list[float]] = {}
+    wrapped = bench.timed(phases, "f", lambda x: x * 2, clock=lambda: next(ticks))
+    assert wrapped(21) == 42 and phases == {"f": [3.0]}
+
+
+# --- the real-model benchmark ----------------------------------------------------------------
+
+REAL = HARNESS.with_name("real_model_bench.py")
+
+
+def _load_real() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("real_model_bench", REAL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+real = _load_real()
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """Enough of a model directory for argument checks: a config.json."""
+    (tmp_path / "config.json").write_text("{}", encoding="utf-8")
+    return tmp_path
+
+
+def test_real_defaults_are_the_smollm2_recipe_at_64_tokens(model_dir: Path) -> None:
+    """4 prompts × 8, temperature 0.7, lr 5e-6, `sums` with gsm8k_flexible, 128 held out,
+    64 new tokens; everything else as in the tiny comparison."""
+    settings = real.real_settings(real.parse_args(["--model-dir", str(model_dir)]))
+    assert (settings["prompts_per_step"], settings["group_size"]) == (4, 8)
+    assert (settings["temperature"], settings["lr"], settings["max_new_tokens"]) == (0.7, 5e-6, 64)
+    assert (settings["task"], settings["reward"], settings["eval_size"]) == (
+        "sums",
+        "gsm8k_flexible",
+        128,
+    )
+    assert settings["minibatches"] == 4 and settings["clip_low"] == bench.SETTINGS["clip_low"]
+    assert settings["evaluate"] and settings["train_eval_size"] == 1
+
+
+def test_real_command_line_changes_the_one_table(model_dir: Path) -> None:
+    """Each flag lands in the settings both sides read."""
+    argv = ["--model-dir", str(model_dir), "--max-new-tokens", "128", "--prompts", "2"]
+    argv += ["--group", "16", "--temperature", "1.0", "--lr", "1e-5", "--eval-size", "32"]
+    settings = real.real_settings(real.parse_args(argv))
+    assert (settings["max_new_tokens"], settings["prompts_per_step"]) == (128, 2)
+    assert (settings["group_size"], settings["temperature"], settings["lr"]) == (16, 1.0, 1e-5)
+    assert settings["eval_size"] == 32
+
+
+def test_real_settings_build_the_matching_gspo_recipe(model_dir: Path) -> None:
+    """Our side's recipe from the real table: task, reward, sampling and the small internal
+    evaluation."""
+    settings = real.real_settings(real.parse_args(["--model-dir", str(model_dir)]))
+    recipe = load_recipe(None, bench.gspo_overrides(6, 0, model_dir, settings))
+    assert recipe.data.task == "sums" and recipe.reward_terms[0][0] == "gsm8k_flexible"
+    assert recipe.data.instruction == "Answer with just the number."
+    assert (recipe.rollout.prompts_per_step, recipe.rollout.group_size) == (4, 8)
+    assert (recipe.rollout.max_new_tokens, recipe.rollout.temperature) == (64, 0.7)
+    assert recipe.optim.lr == 5e-6 and recipe.data.eval_size == 1
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--prompts", "3", "--group", "5"],  # 15 completions do not split into 4 minibatches
+        ["--group", "1"],
+        ["--max-new-tokens", "0"],
+        ["--steps", "6", "--warmup", "6"],
+        ["--temperature", "0"],
+        ["--lr", "-1e-5"],
+        ["--eval-size", "0"],
+        ["--sweep", "--groups", "6", "--sweep-prompts", "1"],  # 6 completions, 4 minibatches
+        ["--sweep", "--lengths", "0"],
+        ["--side", "gspo", "--json", "x.json"],  # a child needs --settings
+        ["--model", "qwen3"],
+    ],
+)
+def test_real_bad_arguments_exit_2(model_dir: Path, extra: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        real.parse_args(["--model-dir", str(model_dir), *extra])
+    assert exc.value.code == 2, extra
+
+
+def test_real_needs_a_model_directory(tmp_path: Path) -> None:
+    """No --model-dir, or one without config.json: a usage error."""
+    for argv in ([], ["--model-dir", str(tmp_path)]):
+        with pytest.raises(SystemExit) as exc:
+            real.parse_args(argv)
+        assert exc.value.code == 2
+
+
+def test_sweep_with_warmup_needs_no_timed_steps_of_steps(model_dir: Path) -> None:
+    """The sweep times --sweep-steps after --warmup; --steps does not bound it."""
+    args = real.parse_args(["--model-dir", str(model_dir), "--sweep", "--steps", "1"])
+    assert args.sweep and args.warmup == 1 and args.sweep_steps == 2
+
+
+def test_sweep_configs_cross_and_full() -> None:
+    """Cross: lengths at the middle group, then the other groups at the shortest length."""
+    assert real.sweep_configs([32, 64, 128, 256], [4, 8, 16], full=False) == [
+        (32, 8),
+        (64, 8),
+        (128, 8),
+        (256, 8),
+        (32, 4),
+        (32, 16),
+    ]
+    assert real.sweep_configs([64, 32, 64], [8], full=False) == [(32, 8), (64, 8)]
+    full = [(32, 4), (32, 16), (64, 4), (64, 16)]
+    assert real.sweep_configs([32, 64], [4, 16], full=True) == full
+
+
+def test_sweep_settings_change_length_group_prompts_and_stop_evaluation() -> None:
+    changed = real.sweep_settings(real.REAL_SETTINGS, 256, 16, 2)
+    assert (changed["max_new_tokens"], changed["group_size"], changed["prompts_per_step"]) == (
+        256,
+        16,
+        2,
+    )
+    assert changed["evaluate"] is False and changed["lr"] == real.REAL_SETTINGS["lr"]
+    assert real.REAL_SETTINGS["evaluate"] is True  # the defaults are not touched
+
+
+def test_real_tables_lead_with_cpu_time() -> None:
+    """gspo 1 CPU s a step, TRL 2 (wall twice that): 2.00×; tokens per CPU s 400 vs 200."""
+    records = [
+        record("gspo", 0, [2.0, 2.0], cpu_phases_s={"rollout_cpu_s": [0.25, 0.25]}),
+        record("trl", 0, [4.0, 4.0], cpu_phases_s={"rollout_cpu_s": [0.5, 0.5]}),
+    ]
+    summary = bench.summarize(records, warmup=0)
+    rows = real.real_table_rows(summary)
+    assert rows[0][1] == "CPU s / rollout step"
+    assert rows[1][1:5] == ["1.00 ± 0.00", "2.00 ± 0.00", "400.0 ± 0.0", "400 ± 0"]
+    assert rows[2][1] == "2.00 ± 0.00" and rows[2][3] == "200.0 ± 0.0"
+    assert rows[3][1:4] == ["2.00 ± 0.00×", "2.00 ± 0.00×", "2.00 ± 0.00×"]
+    phases = real.cpu_phase_rows(summary)
+    assert phases[1] == ["gspo train", "0.25 ± 0.00", "0.75 ± 0.00", "1.00 ± 0.00"]
+    assert phases[2] == ["TRL GRPOTrainer", "0.50 ± 0.00", "1.50 ± 0.00", "2.00 ± 0.00"]
+
+
+def test_sweep_rows_give_the_ratio_tokens_and_rollout_share() -> None:
+    """gspo 2 CPU s, TRL 5: 2.50×; 2 prompts × 8 = 16 completions of 32 tokens = 512."""
+    entry = {
+        "length": 32,
+        "group": 8,
+        "settings": {"prompts_per_step": 2},
+        "gspo": {"cpu_s": 2.0, "rollout_cpu_s": 0.5, "tokens_per_step": 512.0},
+        "trl": {"cpu_s": 5.0, "rollout_cpu_s": 2.0, "tokens_per_step": 512.0},
+    }
+    rows = real.sweep_rows([entry])
+    assert len(rows) == 2 and len(rows[0]) == len(rows[1])
+    assert rows[1] == ["32", "8", "16", "2.00", "5.00", "2.50×", "512, 512", "25%, 40%"]
+
+
+SHARED_MODELS = Path(__file__).resolve().parents[3] / "shared" / "models"
+
+
+@pytest.mark.slow
+def test_real_harness_runs_end_to_end_on_a_small_llama(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both modes on a 4-layer llama with random weights around SmolLM2's tokenizer and chat
+    template: the side-by-side (start evaluation, then each side) writes its tables, and in
+    the sweep both sides generate exactly `max_new_tokens` on every row."""
+    pytest.importorskip("trl")
+    if not (SHARED_MODELS / "smollm2-135m-instruct" / "tokenizer.json").is_file():
+        pytest.skip(f"no SmolLM2 tokenizer under {SHARED_MODELS}")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from families import bpe_tokenizer, save_family
+
+    llama = save_family("llama", bpe_tokenizer(), tmp_path / "llama")
+    common = ["--model-dir", str(llama), "--threads", "1", "--warmup", "1"]
+    side_by_side = [*common, "--steps", "2", "--prompts", "1", "--group", "4"]
+    side_by_side += ["--max-new-tokens", "4", "--eval-size", "2"]
+    side_by_side += ["--out", str(tmp_path / "a.json")]
+    assert real.main(side_by_side) == 0
+    result = json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))
+    assert {r["side"] for r in result["runs"]} == {"gspo", "trl"}
+    assert [row[0] for row in result["tables"]["main"]][1:] == [
+        "gspo train",
+        "TRL GRPOTrainer",
+        "gspo ÷ TRL (speed)",
+    ]
+    sweep = [*common, "--sweep", "--lengths", "6", "--groups", "4", "--sweep-prompts", "1"]
+    sweep += ["--sweep-steps", "1", "--out", str(tmp_path / "b.json")]
+    assert real.main(sweep) == 0
+    (config,) = json.loads((tmp_path / "b.json").read_text(encoding="utf-8"))["configs"]
+    assert config["gspo"]["tokens_per_step"] == config["trl"]["tokens_per_step"] == 4 * 6

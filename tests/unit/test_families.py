@@ -142,3 +142,28 @@ def test_the_probe_finds_a_head_that_is_not_the_logits(tokenizer: Any) -> None:
     can = scoring.support(model)
     assert not can.head and not can.packed, can
     assert "differs from its logits" in can.note, can.note
+
+
+def test_a_decoder_that_refuses_a_ready_mask_is_scored_padded(tokenizer: Any) -> None:
+    """A decoder that raises on the packed path's 4D mask: the probe turns packing off, says
+    why in one line, and scoring still equals the model's own forward."""
+    model = build_family("llama", tokenizer).eval()
+    decoder = model.base_model
+    forward = decoder.forward
+
+    def picky(*args: Any, **kwargs: Any) -> Any:
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+            raise TypeError("expected a 2D attention mask")
+        return forward(*args, **kwargs)
+
+    decoder.forward = picky
+    can = scoring.support(model)
+    assert can.head and not can.packed, can
+    assert can.note == "log-probs: padded forwards, not packed (the decoder refused: TypeError)"
+    gen = _sample(model, tokenizer)
+    t = gen.completion_mask.shape[1]
+    with torch.no_grad():
+        got = scoring.completion_logprobs(model, gen.input_ids, gen.attention_mask, t)
+    real = gen.completion_mask.bool()
+    assert (got - _own(model, gen))[real].abs().max().item() < 1e-5
