@@ -103,7 +103,7 @@ MAKE_SMOLLM2 = SHARED_MODELS / "make_smollm2.py"
 H200_DENSE_BF16_TFLOPS = 989.0  # NVIDIA H200 SXM datasheet, dense (no sparsity)
 MODELS = ("qwen3", "smollm2")
 
-# SmolLM2-135M-Instruct's shape, from /work/shared/models/smollm2-135m-instruct/config.json
+# SmolLM2-135M-Instruct's shape, from ../shared/models/smollm2-135m-instruct/config.json
 # (the fields that matter for throughput; token ids as there).
 SMOLLM2_CONFIG: dict[str, Any] = {
     "model_type": "llama",
