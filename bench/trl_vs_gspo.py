@@ -16,6 +16,9 @@ evaluation; CPU seconds are the process's user+sys time over the same intervals.
 accuracy is measured by the same function (`gspo_cli.evaluate.greedy_accuracy`, 256 prompts,
 8 new tokens) on both sides' models before and after training. Results go to
 `bench/results/<timestamp>.json`; the table is printed at the end.
+
+The functions take the settings table as an argument (default `SETTINGS`), so
+`real_model_bench.py` runs the same comparison on a real model with its own table.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import platform
 import resource
@@ -31,11 +35,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+Settings = Mapping[str, Any]
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 SIDES = ("gspo", "trl")
@@ -54,6 +59,8 @@ SETTINGS: dict[str, Any] = {
     "temperature": 1.0,
     "top_p": 1.0,  # top-k off on both sides
     "eval_size": 256,
+    "task": "addition",  # gspo's generated task; its test split is the held-out set
+    "reward": "exact",  # a registered reward; also the checker held-out accuracy uses
 }
 
 
@@ -113,14 +120,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def evaluate(model: Any, tokenizer: Any) -> float:
-    """Greedy held-out accuracy, the same call for both sides."""
-    from gspo_cli.data import addition_examples
-    from gspo_cli.evaluate import greedy_accuracy
-    from gspo_cli.rewards import exact
+def task_examples(split: str, settings: Settings = SETTINGS) -> list[Any]:
+    """The `Example`s of one split of the settings' task, as `gspo train` makes them (`sums`
+    with the task's default instruction, which is what the recipe gets)."""
+    from gspo_cli.data import addition_examples, sums_examples
+    from gspo_cli.recipe import TASK_DEFAULTS
 
-    test = addition_examples("test")[: SETTINGS["eval_size"]]
-    return greedy_accuracy(model, tokenizer, test, exact, max_new_tokens=SETTINGS["max_new_tokens"])
+    if settings["task"] == "sums":
+        return sums_examples("test" if split == "test" else "train", TASK_DEFAULTS["sums"][2])
+    return addition_examples("test" if split == "test" else "train")
+
+
+def evaluate(model: Any, tokenizer: Any, settings: Settings = SETTINGS) -> float:
+    """Greedy held-out accuracy, the same call for both sides."""
+    from gspo_cli import rewards
+    from gspo_cli.evaluate import greedy_accuracy
+
+    test = task_examples("test", settings)[: settings["eval_size"]]
+    checker = rewards.get(settings["reward"])
+    tokens = settings["max_new_tokens"]
+    return greedy_accuracy(model, tokenizer, test, checker, max_new_tokens=tokens)
 
 
 def load_start(model_dir: Path) -> tuple[Any, Any]:
@@ -135,13 +154,16 @@ def load_start(model_dir: Path) -> tuple[Any, Any]:
 # --- our side --------------------------------------------------------------------------------
 
 
-def gspo_overrides(steps: int, seed: int, model_dir: Path) -> list[str]:
-    s = SETTINGS
+def gspo_overrides(
+    steps: int, seed: int, model_dir: Path, settings: Settings = SETTINGS
+) -> list[str]:
+    s = settings
     return [
         f"seed={seed}",
         f"model.name={model_dir}",
         "model.dtype=float32",
-        "reward=exact",
+        f"data.task={s['task']}",
+        f"reward={s['reward']}",
         "algo.mode=gspo",
         f"rollout.prompts_per_step={s['prompts_per_step']}",
         f"rollout.group_size={s['group_size']}",
@@ -157,7 +179,9 @@ def gspo_overrides(steps: int, seed: int, model_dir: Path) -> list[str]:
         "optim.warmup_steps=0",
         "optim.weight_decay=0",
         f"optim.grad_clip={s['grad_clip']}",
-        f"data.eval_size={s['eval_size']}",
+        # `gspo train`'s own evaluations (step 0 and the last) are not timed; a real model's
+        # settings make them small, since the harness evaluates both sides itself
+        f"data.eval_size={s.get('train_eval_size', s['eval_size'])}",
         f"train.steps={steps}",
         "train.eval_every=0",
         "train.save_every=0",
@@ -165,15 +189,23 @@ def gspo_overrides(steps: int, seed: int, model_dir: Path) -> list[str]:
     ]
 
 
-def run_gspo(steps: int, seed: int, model_dir: Path) -> dict[str, Any]:
-    """`gspo_cli.train.run` in this process; per-step figures from its metrics rows."""
+def run_gspo(
+    steps: int,
+    seed: int,
+    model_dir: Path,
+    settings: Settings = SETTINGS,
+    start_accuracy: float | None = None,
+) -> dict[str, Any]:
+    """`gspo_cli.train.run` in this process; per-step figures from its metrics rows. The start
+    model's accuracy is measured here unless given."""
+    from gspo_cli import train
     from gspo_cli.metrics import read_metrics
     from gspo_cli.recipe import load_recipe
-    from gspo_cli.train import run
 
-    _, start_acc = _start_accuracy(model_dir)
-    recipe = load_recipe(None, gspo_overrides(steps, seed, model_dir))
-    clock = StepClock()
+    if start_accuracy is None:
+        _, start_accuracy = _start_accuracy(model_dir, settings)
+    recipe = load_recipe(None, gspo_overrides(steps, seed, model_dir, settings))
+    clock, cpu = StepClock(), dict[str, list[float]]()
 
     def on_row(row: dict[str, Any]) -> None:  # train rows end a step; eval rows are skipped
         if "step_s" in row:
@@ -181,12 +213,18 @@ def run_gspo(steps: int, seed: int, model_dir: Path) -> dict[str, Any]:
         else:
             clock.skip()
 
+    # CPU time of the rollout (sampling, scoring, π_old) and of the updates (timing only)
+    collect, update = train.collect, train.update
+    train.collect = timed(cpu, "rollout_cpu_s", collect, time.process_time)
+    train.update = timed(cpu, "update_cpu_s", update, time.process_time)
     with tempfile.TemporaryDirectory(prefix="bench-gspo-") as tmp:
         run_dir = Path(tmp)
-        run(recipe, run_dir, on_row=on_row, announce=lambda _: None)
+        try:
+            train.run(recipe, run_dir, on_row=on_row, announce=lambda _: None)
+        finally:
+            train.collect, train.update = collect, update
         rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "step_s" in r]
-        model, tokenizer = load_start(run_dir / "final")
-        end_acc = evaluate(model, tokenizer)
+        end_acc = _end_accuracy(lambda: load_start(run_dir / "final"), settings)
     return {
         "step_wall_s": [r["step_s"] for r in rows],
         "step_wall_s_clock": clock.wall,  # the same interval measured from outside, as a check
@@ -194,26 +232,35 @@ def run_gspo(steps: int, seed: int, model_dir: Path) -> dict[str, Any]:
         "completion_tokens": [r["completion_tokens"] for r in rows],
         "reward_mean": [r["reward_mean"] for r in rows],
         "phases_s": {key: [r[key] for r in rows] for key in PHASES},
-        "accuracy_start": start_acc,
+        "cpu_phases_s": cpu,
+        "accuracy_start": start_accuracy,
         "accuracy_end": end_acc,
     }
 
 
-def _start_accuracy(model_dir: Path) -> tuple[Any, float]:
+def _start_accuracy(model_dir: Path, settings: Settings = SETTINGS) -> tuple[Any, float]:
+    """The start model and tokenizer, and its accuracy (NaN when `settings` say not to
+    evaluate)."""
     model, tokenizer = load_start(model_dir)
-    return (model, tokenizer), evaluate(model, tokenizer)
+    return (model, tokenizer), _end_accuracy(lambda: (model, tokenizer), settings)
+
+
+def _end_accuracy(load: Callable[[], tuple[Any, Any]], settings: Settings) -> float:
+    if not settings.get("evaluate", True):
+        return math.nan
+    return evaluate(*load(), settings)
 
 
 # --- TRL's side ------------------------------------------------------------------------------
 
 
-def trl_config(steps: int, seed: int, output_dir: str) -> Any:
+def trl_config(steps: int, seed: int, output_dir: str, settings: Settings = SETTINGS) -> Any:
     """TRL's documented GSPO configuration with our settings; everything else that costs time
     or changes the algorithm (bf16 autocast, gradient checkpointing, logging services,
     checkpoints, evaluation) is turned off or aligned."""
     from trl import GRPOConfig
 
-    s = SETTINGS
+    s = settings
     n = s["prompts_per_step"] * s["group_size"]
     return GRPOConfig(
         output_dir=output_dir,
@@ -225,12 +272,12 @@ def trl_config(steps: int, seed: int, output_dir: str) -> Any:
         epsilon_high=s["clip_high"],
         steps_per_generation=s["minibatches"],
         gradient_accumulation_steps=1,
-        per_device_train_batch_size=n // s["minibatches"],  # 32 completions per optimiser step
+        per_device_train_batch_size=n // s["minibatches"],  # completions per optimiser step
         num_generations=s["group_size"],
         num_iterations=1,
         scale_rewards="group",
         max_steps=steps * s["minibatches"],  # trainer steps = optimiser steps
-        # sampling: the full distribution at temperature 1
+        # sampling: the full distribution at the settings' temperature
         max_completion_length=s["max_new_tokens"],
         temperature=s["temperature"],
         top_p=s["top_p"],
@@ -260,27 +307,35 @@ def trl_config(steps: int, seed: int, output_dir: str) -> Any:
     )
 
 
-def trl_dataset(steps: int, seed: int) -> Any:
+def trl_dataset(steps: int, seed: int, tokenizer: Any, settings: Settings = SETTINGS) -> Any:
     """The first `steps × prompts_per_step` prompts of gspo's seeded stream, as a plain-text
-    `prompt` column (no chat template) plus the reference answer."""
+    `prompt` column plus the reference answer. Each prompt is rendered the way `gspo train`
+    renders it (`render_prompt`: the chat template when the tokenizer has one, the text as it
+    is otherwise), so TRL tokenizes exactly the text our side does."""
     import itertools
 
     from datasets import Dataset
 
-    from gspo_cli.data import addition_examples
+    from gspo_cli.data import render_prompt
     from gspo_cli.train import prompt_stream
 
-    train = addition_examples("train")
-    count = steps * SETTINGS["prompts_per_step"]
+    train = task_examples("train", settings)
+    count = steps * settings["prompts_per_step"]
     chosen = [train[i] for i in itertools.islice(prompt_stream(len(train), seed), count)]
     return Dataset.from_dict(
-        {"prompt": [e.prompt for e in chosen], "reference": [e.reference for e in chosen]}
+        {
+            "prompt": [render_prompt(tokenizer, e.prompt) for e in chosen],
+            "reference": [e.reference for e in chosen],
+        }
     )
 
 
-def exact_reward(counter: list[int]) -> Callable[..., list[float]]:
-    """`gspo_cli.rewards.exact` in TRL's reward signature; appends each batch's token count."""
-    from gspo_cli.rewards import exact
+def exact_reward(counter: list[int], settings: Settings = SETTINGS) -> Callable[..., list[float]]:
+    """The settings' reward (`exact` for the tiny default) in TRL's reward signature; appends
+    each batch's token count."""
+    from gspo_cli import rewards
+
+    reward = rewards.get(settings["reward"])
 
     def exact_match(
         prompts: list[str],
@@ -290,36 +345,34 @@ def exact_reward(counter: list[int]) -> Callable[..., list[float]]:
         **_: Any,
     ) -> list[float]:
         counter.append(sum(len(ids) for ids in completion_ids))
-        return [exact(c, r) for c, r in zip(completions, reference, strict=True)]
+        return [reward(c, r) for c, r in zip(completions, reference, strict=True)]
 
     return exact_match
 
 
-def timed(phases: dict[str, list[float]], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn`, recording the wall seconds of each call under `phases[name]` (timing only)."""
+def timed(
+    phases: dict[str, list[float]],
+    name: str,
+    fn: Callable[..., Any],
+    clock: Callable[[], float] = time.perf_counter,
+) -> Callable[..., Any]:
+    """`fn`, recording the seconds of each call (wall by default, or by `clock`, e.g.
+    `time.process_time`) under `phases[name]` (timing only)."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
+        started = clock()
         try:
             return fn(*args, **kwargs)
         finally:
-            phases.setdefault(name, []).append(time.perf_counter() - started)
+            phases.setdefault(name, []).append(clock() - started)
 
     return wrapper
 
 
-# TRL's methods timed from outside (by wrapping the instance's bound methods; timing only).
-TRL_TIMED = ("_generate_single_turn", "_calculate_rewards", "_generate_and_score_completions")
-
-
-def run_trl(steps: int, seed: int, model_dir: Path) -> dict[str, Any]:
-    """TRL's GRPOTrainer in this process; a callback laps the clock every 4 optimiser steps."""
+def laps(clock: StepClock, rewards: list[float], per_rollout: int) -> Any:
+    """A Trainer callback that laps `clock` every `per_rollout` optimiser steps (one rollout
+    step) and collects the logged mean reward."""
     from transformers import TrainerCallback
-    from trl import GRPOTrainer
-
-    (model, tokenizer), start_acc = _start_accuracy(model_dir)
-    clock, tokens, rewards = StepClock(), [], []
-    per_rollout = SETTINGS["minibatches"]
 
     class Laps(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
@@ -333,21 +386,48 @@ def run_trl(steps: int, seed: int, model_dir: Path) -> dict[str, Any]:
             if logs and "reward" in logs:
                 rewards.append(logs["reward"])
 
+    return Laps()
+
+
+# TRL's methods timed from outside (by wrapping the instance's bound methods; timing only).
+TRL_TIMED = ("_generate_single_turn", "_calculate_rewards", "_generate_and_score_completions")
+
+
+def run_trl(
+    steps: int,
+    seed: int,
+    model_dir: Path,
+    settings: Settings = SETTINGS,
+    start_accuracy: float | None = None,
+) -> dict[str, Any]:
+    """TRL's GRPOTrainer in this process; a callback laps the clock every `minibatches`
+    optimiser steps. The start model's accuracy is measured here unless given."""
+    from trl import GRPOTrainer
+
+    model, tokenizer = load_start(model_dir)
+    if start_accuracy is None:
+        start_accuracy = _end_accuracy(lambda: (model, tokenizer), settings)
+    clock, tokens, rewards = StepClock(), list[int](), list[float]()
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as tmp:
         trainer = GRPOTrainer(
             model=model,
-            reward_funcs=exact_reward(tokens),
-            args=trl_config(steps, seed, tmp),
-            train_dataset=trl_dataset(steps, seed),
+            reward_funcs=exact_reward(tokens, settings),
+            args=trl_config(steps, seed, tmp, settings),
+            train_dataset=trl_dataset(steps, seed, tokenizer, settings),
             processing_class=tokenizer,
-            callbacks=[Laps()],
+            callbacks=[laps(clock, rewards, settings["minibatches"])],
         )
         phases: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}
         for name in TRL_TIMED:
             setattr(trainer, name, timed(phases, name, getattr(trainer, name)))
+        rollout = trainer._generate_and_score_completions
+        trainer._generate_and_score_completions = timed(
+            cpu, "rollout_cpu_s", rollout, time.process_time
+        )
         trainer.train()
         trained = trainer.accelerator.unwrap_model(trainer.model)
-        end_acc = evaluate(trained, tokenizer)
+        end_acc = _end_accuracy(lambda: (trained, tokenizer), settings)
     return {
         "step_wall_s": clock.wall,
         "step_cpu_s": clock.cpu,
@@ -359,7 +439,8 @@ def run_trl(steps: int, seed: int, model_dir: Path) -> dict[str, Any]:
             # generate_and_score covers sampling, scoring and π_old log-probs
             "rollout_s": phases.get("_generate_and_score_completions", []),
         },
-        "accuracy_start": start_acc,
+        "cpu_phases_s": cpu,
+        "accuracy_start": start_accuracy,
         "accuracy_end": end_acc,
     }
 
@@ -377,17 +458,23 @@ def versions() -> dict[str, str]:
     return found
 
 
-def run_child(args: argparse.Namespace) -> int:
-    """One side, one seed, in this process; writes its record to `args.json`."""
+def run_child(
+    args: argparse.Namespace,
+    model_dir: Path | None = None,
+    settings: Settings = SETTINGS,
+    start_accuracy: float | None = None,
+) -> int:
+    """One side, one seed, in this process; writes its record to `args.json`. The model is
+    the tiny default unless `model_dir` is given."""
     import torch
 
     from gspo_cli.tiny import ensure_tiny_model
 
     torch.set_num_threads(args.threads)
-    model_dir = ensure_tiny_model(print)
+    model_dir = model_dir or ensure_tiny_model(print)
     side_fn = run_gspo if args.side == "gspo" else run_trl
     started = time.perf_counter()
-    record = side_fn(args.steps, args.seed, model_dir)
+    record = side_fn(args.steps, args.seed, model_dir, settings, start_accuracy)
     record |= {
         "side": args.side,
         "seed": args.seed,
@@ -432,14 +519,34 @@ def run_figures(record: dict[str, Any], warmup: int) -> dict[str, float]:
     wall = record["step_wall_s"][warmup:]
     cpu = record["step_cpu_s"][warmup:]
     tokens = record["completion_tokens"][warmup:]
+    return (
+        {
+            "step_s": statistics.fmean(wall),
+            "cpu_s": statistics.fmean(cpu),
+            "tokens_per_s": sum(tokens) / sum(wall),
+            "tokens_per_cpu_s": sum(tokens) / sum(cpu),
+            "tokens_per_step": statistics.fmean(tokens),
+            "peak_rss_mb": record["peak_rss_mb"],
+            "accuracy_start": record["accuracy_start"],
+            "accuracy_end": record["accuracy_end"],
+        }
+        | phase_means(record, warmup)
+        | cpu_split(record, warmup)
+    )
+
+
+def cpu_split(record: dict[str, Any], warmup: int) -> dict[str, float]:
+    """Mean CPU seconds per timed step of the rollout (sampling, scoring, π_old: `collect` on
+    our side, `_generate_and_score_completions` on TRL's) and of the rest of the step (the
+    updates and each side's bookkeeping); empty for records without CPU phases."""
+    rollout = record.get("cpu_phases_s", {}).get("rollout_cpu_s", [])[warmup:]
+    cpu = record["step_cpu_s"][warmup:]
+    if len(rollout) != len(cpu) or not cpu:
+        return {}
     return {
-        "step_s": statistics.fmean(wall),
-        "cpu_s": statistics.fmean(cpu),
-        "tokens_per_s": sum(tokens) / sum(wall),
-        "peak_rss_mb": record["peak_rss_mb"],
-        "accuracy_start": record["accuracy_start"],
-        "accuracy_end": record["accuracy_end"],
-    } | phase_means(record, warmup)
+        "rollout_cpu_s": statistics.fmean(rollout),
+        "update_cpu_s": statistics.fmean(c - r for c, r in zip(cpu, rollout, strict=True)),
+    }
 
 
 def summarize(records: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
@@ -462,6 +569,7 @@ def summarize(records: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
             "wall": theirs["step_s"] / ours["step_s"],
             "cpu": theirs["cpu_s"] / ours["cpu_s"],
             "tokens_per_s": ours["tokens_per_s"] / theirs["tokens_per_s"],
+            "tokens_per_cpu_s": ours["tokens_per_cpu_s"] / theirs["tokens_per_cpu_s"],
             "accuracy_end_diff": ours["accuracy_end"] - theirs["accuracy_end"],
         }
     ratios = {}
