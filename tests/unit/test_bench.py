@@ -5,28 +5,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from gspo_cli.recipe import load_recipe
 
-HARNESS = Path(__file__).resolve().parents[2] / "bench" / "trl_vs_gspo.py"
+from bench_scripts import load_bench
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("trl_vs_gspo", HARNESS)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_bench("trl_vs_gspo")
 
 
 def record(side: str, seed: int, wall: list[float], **extra: Any) -> dict[str, Any]:
@@ -224,19 +212,8 @@ def test_timed_records_by_the_clock_it_is_given() -> None:
 
 # --- the real-model benchmark ----------------------------------------------------------------
 
-REAL = HARNESS.with_name("real_model_bench.py")
 
-
-def _load_real() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("real_model_bench", REAL)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-real = _load_real()
+real = load_bench("real_model_bench")
 
 
 @pytest.fixture

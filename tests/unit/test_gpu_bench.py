@@ -3,33 +3,24 @@ the no-GPU exit, and (slow) a whole run on CPU at tiny sizes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+
+from bench_scripts import load_bench
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "gpu_bench.py"
 QWEN3_CONFIG = REPO.parent / "shared" / "models" / "qwen3-configs" / "qwen3-0.6b.json"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_bench("gpu_bench")
 
 needs_qwen3_config = pytest.mark.skipif(
     not QWEN3_CONFIG.is_file(), reason=f"no Qwen3 config at {QWEN3_CONFIG}"
