@@ -180,7 +180,7 @@ class DriftMeter:
 def recording(
     routers: list[torch.nn.Module], into: Tensor, prompt_len: int
 ) -> Callable[[MicroBatch], AbstractContextManager[Any]]:
-    """For `policy.batched_logprobs(around=...)`: each micro-batch's forward writes its
+    """For `scoring.batched_logprobs(around=...)`: each micro-batch's forward writes its
     routers' choice into `into` `[N, P+T, L, k]` at its own rows and columns."""
 
     @contextmanager
