@@ -38,16 +38,19 @@ def is_moe(config: Any) -> bool:
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
+def logit_transform(config: Any) -> str:
+    """The first of `LOGIT_TRANSFORMS` the config sets to something that changes the logits,
+    or ""."""
+    return next((k for k in LOGIT_TRANSFORMS if getattr(config, k, None) not in (None, 0, 1)), "")
+
+
 def plain_linear_head(model: Any) -> Any | None:
     """The output head if it is a bias-free linear layer whose output is the logits, else
     None."""
     head = model.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear) or head.bias is not None:
         return None
-    config = model.config
-    if any(getattr(config, key, None) not in (None, 0, 1) for key in LOGIT_TRANSFORMS):
-        return None
-    return head
+    return None if logit_transform(model.config) else head
 
 
 @dataclass(frozen=True)
@@ -171,12 +174,9 @@ def _gap(a: torch.Tensor | None, b: torch.Tensor, real: torch.Tensor) -> float:
 
 
 def _head_note(model: Any, head: Any, gap: float) -> str:
-    config = model.config
-    transform = next(
-        (k for k in LOGIT_TRANSFORMS if getattr(config, k, None) not in (None, 0, 1)), ""
-    )
+    transform = logit_transform(model.config)
     if transform:
-        why = f"the model applies {transform}={getattr(config, transform)} to its logits"
+        why = f"the model applies {transform}={getattr(model.config, transform)} to its logits"
     elif head is None:
         why = "its output head is not a bias-free linear layer"
     elif gap == float("inf"):
