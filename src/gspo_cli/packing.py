@@ -176,23 +176,22 @@ def attention_masks(
     position q see keys at positions k > q - W (transformers' `sliding_window_overlay`, in
     positions within the row rather than in array indices). The eager attention adds its
     mask, so it gets 0 / dtype-min instead of booleans."""
+    if not masks_expressible(config):
+        return None
     visible = layout.visible  # [B, 1, S, S]
     window = getattr(config, "sliding_window", None) or None
     pos = layout.position_ids  # [B, S]
     kinds = getattr(config, "layer_types", None)
-    masks: dict[str, torch.Tensor] = {}
-    if kinds is None:
-        if window is not None and int(pos.max()) + 1 > window:
-            return None
-        masks[FULL] = visible
+    if kinds is None and window is not None and int(pos.max()) + 1 > window:
+        return None
+    masks = {FULL: visible} if kinds is None else {}
     for kind in set(kinds or ()):
         if kind == FULL:
             masks[kind] = visible
-        elif kind == SLIDING and window is not None:
+        else:
+            assert window is not None, "masks_expressible: a sliding layer has a window"
             near = pos[:, None, None, :] > pos[:, None, :, None] - window  # [B, 1, S, S]
             masks[kind] = visible & near
-        else:
-            return None
     if config._attn_implementation == "eager":
         masks = {
             k: torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(
