@@ -16,6 +16,8 @@ import torch
 # ../shared/models beside the checkout; tests that need it skip when it is absent.
 SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 SMOLLM2_SHARED = SHARED_MODELS / "smollm2-135m-instruct"
+QWEN3_TOKENIZER = SHARED_MODELS / "qwen3-tokenizer"
+QWEN3_CONFIG = SHARED_MODELS / "qwen3-configs" / "qwen3-0.6b.json"
 
 SHAPE: dict[str, Any] = {
     "hidden_size": 64,
@@ -87,3 +89,17 @@ def save_family(model_type: str, tokenizer: Any, path: Path) -> Path:
     build_family(model_type, tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def qwen3_shaped(layers: int = 1, **changes: Any) -> Any:
+    """A float32 model of Qwen3-0.6B's published shape (hidden 1024, vocabulary 151,936) with
+    `layers` layers and random weights (seeded)."""
+    import json
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = json.loads(QWEN3_CONFIG.read_text()) | {"num_hidden_layers": layers, **changes}
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_config(config).float().eval()

@@ -8,13 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from cli_runs import run_cli
-from families import SHARED_MODELS
-
-QWEN3_TOKENIZER = SHARED_MODELS / "qwen3-tokenizer"
-QWEN3_CONFIG = SHARED_MODELS / "qwen3-configs" / "qwen3-0.6b.json"
+from families import QWEN3_TOKENIZER, qwen3_shaped
 
 pytestmark = [
     pytest.mark.slow,
@@ -25,14 +21,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Qwen3's tokenizer files beside a one-layer Qwen3-0.6B-shaped model (random weights)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     path = tmp_path_factory.mktemp("qwen3-shape")
-    fields = json.loads(QWEN3_CONFIG.read_text()) | {"num_hidden_layers": 1}
-    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    qwen3_shaped(layers=1).save_pretrained(path)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(QWEN3_TOKENIZER / name, path / name)
     return path

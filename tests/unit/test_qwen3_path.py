@@ -21,10 +21,8 @@ from gspo_cli.policy import eos_ids, generate, load_tokenizer
 from gspo_cli.prepare import prepare
 from gspo_cli.recipe import DataSection
 
-from families import SHARED_MODELS
+from families import QWEN3_TOKENIZER, qwen3_shaped
 
-QWEN3_TOKENIZER = SHARED_MODELS / "qwen3-tokenizer"
-QWEN3_CONFIG = SHARED_MODELS / "qwen3-configs" / "qwen3-0.6b.json"
 IM_END, ENDOFTEXT = 151645, 151643  # eos and pad of Qwen3's tokenizer
 
 pytestmark = [
@@ -36,18 +34,6 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
     return load_tokenizer(str(QWEN3_TOKENIZER), lambda _: None)
-
-
-def qwen3_shaped(layers: int = 1, **changes: Any) -> Any:
-    """A model of Qwen3-0.6B's published shape with `layers` layers and random weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    fields = json.loads(QWEN3_CONFIG.read_text())
-    fields |= {"num_hidden_layers": layers, **changes}
-    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return AutoModelForCausalLM.from_config(config).float().eval()
 
 
 def test_the_tokenizer_is_qwen3s(tokenizer: Any) -> None:
