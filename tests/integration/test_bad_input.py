@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from gspo_cli.cli import app
 
-runner = CliRunner()
+from refusals import assert_refused, runner
 
 CASES = {
     "not yaml": ("algo: [unclosed\n", [], "not valid YAML"),
@@ -35,11 +34,7 @@ def test_bad_recipe_exits_2_and_writes_nothing(
     text, extra, fragment = CASES[case]
     monkeypatch.chdir(tmp_path)
     Path("recipe.yaml").write_text(text)
-    result = runner.invoke(app, ["train", "recipe.yaml", *extra])
-    assert result.exit_code == 2, result.output
-    assert fragment in result.output, result.output
-    assert "Traceback" not in result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"], "files were written"
+    assert_refused(["train", "recipe.yaml", *extra], tmp_path, code=2, fragment=fragment)
 
 
 def test_unwritable_output_directory(tmp_path: Path) -> None:
