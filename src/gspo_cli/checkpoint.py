@@ -1,4 +1,4 @@
-"""The run directory: its layout, checkpoints, and atomic writes.
+"""The run directory: its layout, checkpoints, and how they are verified.
 
 ```
 runs/<name>-<YYYYmmdd-HHMMSS>/
@@ -6,16 +6,19 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
   metrics.jsonl                one row per training step and per evaluation
   completions.jsonl            a sample of each step's prompts, completions, rewards, advantages
   checkpoints/step_000400/     Hugging Face model directory (safetensors + tokenizer)
-    trainer_state.pt           optimiser, scheduler, RNG states, data position
-    optimizer/                 N processes: optimiser shards, one per rank (torch DCP format)
-    rng/rank0.pt ...           N processes: each rank's RNG states
-    manifest.json              written last: a checkpoint without it is incomplete
+    trainer_state.json         scheduler, data position, optimiser and RNG layout (JSON)
+    trainer_state.safetensors  optimiser and RNG tensors
+    optimizer/rank0.* ...      N processes: each rank's optimiser shard (same two formats)
+    rng/rank0.* ...            N processes: each rank's RNG states
+    manifest.json              written last: every file's sha256; without it, incomplete
   final/                       the last policy, Hugging Face format
 ```
-Every file and directory is written under a temporary name and renamed when complete,
-so a crash never leaves a half-written one under its real name. With N processes every
-rank writes its own files into rank 0's staging directory; rank 0 writes the manifest
-once all have finished, then renames.
+Nothing in a run directory can run code when read: weights and tensors are safetensors,
+the rest JSON (`safestate`). A checkpoint is written in a hidden staging directory and
+renamed when complete, so a crash or a full disk never leaves a half-written one under its
+real name; resuming verifies every file against the manifest's hashes and falls back to
+the newest intact checkpoint. With N processes every rank writes its own files into rank
+0's staging directory; rank 0 writes the manifest once all have finished, then renames.
 """
 
 from __future__ import annotations
@@ -23,47 +26,30 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gspo_cli import distributed
+from gspo_cli import distributed, safestate
 from gspo_cli.distributed import SINGLE, Cluster
-from gspo_cli.errors import CheckpointError, UserError
+from gspo_cli.errors import CheckpointError, StorageError, UserError
+from gspo_cli.storage import file_hashes, hash_mismatch, staged_dir, staging_leftovers
+from gspo_cli.storage import write_text_atomic as write_text_atomic  # re-exported
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.jsonl"
 COMPLETIONS_FILE = "completions.jsonl"
 FINAL_DIR = "final"
 CHECKPOINTS_DIR = "checkpoints"
-STATE_FILE = "trainer_state.pt"
+STATE_STEM = "trainer_state"  # trainer_state.json + trainer_state.safetensors
+LEGACY_STATE_FILE = "trainer_state.pt"  # gspo 0.1's pickle; read with weights_only=True
 MANIFEST_FILE = "manifest.json"
 OPTIMIZER_DIR = "optimizer"
 RNG_DIR = "rng"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same directory and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+STATE_FILES = {STATE_STEM + safestate.JSON_SUFFIX, STATE_STEM + safestate.TENSORS_SUFFIX}
 
 
 def cache_root() -> Path:
@@ -71,32 +57,6 @@ def cache_root() -> Path:
     ~/.cache/gspo."""
     env = os.environ.get("GSPO_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "gspo"
-
-
-def replace_dir(staging: Path, target: Path) -> None:
-    """Move a completed `staging` directory to `target`, replacing any old one; a reader sees
-    the old directory or the new one, never a mix (the old one is renamed aside first)."""
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; give what mkdir() would
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(target)
-
-
-@contextmanager
-def _staged_dir(target: Path) -> Iterator[Path]:
-    """Yield a hidden staging directory beside `target`; on success it replaces `target`."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield staging
-        replace_dir(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def new_run_dir(out: Path | None, name: str, root: Path = Path("runs")) -> Path:
@@ -128,7 +88,7 @@ def new_run_dir(out: Path | None, name: str, root: Path = Path("runs")) -> Path:
 
 def save_model_dir(model: Any, tokenizer: Any, target: Path) -> None:
     """Save a Hugging Face model directory (safetensors + tokenizer) atomically at `target`."""
-    with _staged_dir(target) as staging:
+    with staged_dir(target, "the model") as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
 
@@ -147,36 +107,95 @@ def save_checkpoint(
     """Write a complete checkpoint atomically, then delete all but the newest `keep_last`
     complete checkpoints. `write(directory)` runs on every rank and writes that rank's files
     (collectives inside it are fine: every rank calls it once); rank 0 then adds the manifest
-    and renames the directory into place."""
+    with every file's hash and renames the directory into place.
+
+    A failed write on any rank (a full disk) fails every rank, with the staging directory
+    removed and the previous checkpoints untouched: no rank waits for another forever."""
     target = checkpoint_dir(run_dir, step)
+    error: Exception | None = None
     if cluster.is_main:
-        with _staged_dir(target) as staging:
-            distributed.broadcast(cluster, str(staging))
-            write(staging)
-            distributed.barrier(cluster)  # every rank's files are complete
-            manifest = {
-                "step": step,
-                "world_size": cluster.world_size,
-                "files": sorted(p.name for p in staging.iterdir()),
-                "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "torch": torch.__version__,
-            }
-            (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        announced = False
+        try:
+            needed = _newest_size(run_dir)
+            with staged_dir(target, f"checkpoint step {step}", needed) as staging:
+                distributed.broadcast(cluster, str(staging))
+                announced = True
+                _write_together(write, staging, cluster)
+                manifest = {
+                    "step": step,
+                    "world_size": cluster.world_size,
+                    "files": file_hashes(staging),
+                    "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "torch": torch.__version__,
+                }
+                (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), "utf-8")
+        except Exception as exc:
+            error = exc
+            if not announced:
+                distributed.broadcast(cluster, "")  # the others must not wait to write
+    else:
+        shared = distributed.broadcast(cluster, "")
+        try:
+            if not shared:
+                raise StorageError(f"rank 0 could not start checkpoint step {step}")
+            _write_together(write, Path(shared), cluster)
+        except Exception as exc:
+            error = exc
+    if distributed.any_rank(cluster, error is not None):
+        raise error or StorageError(f"checkpoint step {step} failed on another process")
+    if cluster.is_main:
         for old in complete_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
-    else:
-        write(Path(distributed.broadcast(cluster, "")))
-        distributed.barrier(cluster)
     distributed.barrier(cluster)  # nobody reads or prunes before the rename
     return target
 
 
-def _is_complete(path: Path) -> bool:
+def _write_together(write: Callable[[Path], None], staging: Path, cluster: Cluster) -> None:
+    """`write(staging)` on every rank; if it failed on any rank, it fails on all."""
+    failure: Exception | None = None
     try:
-        manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(manifest, dict) and all((path / f).exists() for f in manifest["files"])
+        write(staging)
+    except Exception as exc:
+        failure = exc
+    if distributed.any_rank(cluster, failure is not None):
+        raise failure or StorageError("another process failed to write its part")
+
+
+def _newest_size(run_dir: Path) -> int | None:
+    """Bytes of the newest complete checkpoint (about what the next one needs), if any."""
+    complete = complete_checkpoints(run_dir)
+    if not complete:
+        return None
+    return sum(p.stat().st_size for p in complete[-1].rglob("*") if p.is_file())
+
+
+def _manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        manifest: dict[str, Any] = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict | list):  # a list: gspo 0.1's manifests, without hashes
+        return None
+    return manifest
+
+
+def _is_complete(path: Path) -> bool:
+    """The manifest is there and every file it lists exists (cheap: nothing is hashed)."""
+    manifest = _manifest(path)
+    return manifest is not None and all((path / f).exists() for f in manifest["files"])
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with a checkpoint's files, or None when each matches its hash."""
+    manifest = _manifest(path)
+    if manifest is None:
+        return f"no readable {MANIFEST_FILE}"
+    files = manifest["files"]
+    if isinstance(files, list):  # an old manifest: existence is all it can tell
+        missing = [f for f in files if not (path / f).exists()]
+        return f"{missing[0]} is missing" if missing else None
+    return hash_mismatch(path, files)
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -189,38 +208,69 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def latest_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Path:
-    """The newest complete checkpoint of a run; incomplete ones are reported and skipped."""
+    """The newest intact checkpoint of a run. Incomplete ones are reported and skipped,
+    staging directories left by a killed write are removed, and a checkpoint whose files
+    do not match their hashes is reported and the next older one tried."""
     if not (run_dir / RECIPE_FILE).is_file():
         raise UserError(
             f"{run_dir} is not a run directory (no {RECIPE_FILE}); give the directory that "
             "`gspo train` created"
         )
     root = run_dir / CHECKPOINTS_DIR
-    candidates = sorted(root.iterdir()) if root.is_dir() else []
-    for path in candidates:
+    for leftover in staging_leftovers(root, "step_"):
+        warn(f"removing {leftover.name}, a checkpoint interrupted while being written")
+        shutil.rmtree(leftover, ignore_errors=True)
+    for path in sorted(root.glob("step_*")) if root.is_dir() else []:
         if path.is_dir() and not _is_complete(path):
             warn(f"ignoring incomplete checkpoint {path} (interrupted while being written)")
     complete = complete_checkpoints(run_dir)
-    if not complete:
+    for path in reversed(complete):
+        problem = damage(path)
+        if problem is None:
+            return path
+        warn(f"ignoring damaged checkpoint {path}: {problem}; trying an older one")
+    if complete:
         raise CheckpointError(
-            f"{run_dir} has no complete checkpoint to resume from; start a new run, or set "
-            "train.save_every so that the next run writes checkpoints"
+            f"{run_dir} has no intact checkpoint to resume from (all {len(complete)} are "
+            "damaged, see the warnings); start a new run"
         )
-    return complete[-1]
+    raise CheckpointError(
+        f"{run_dir} has no complete checkpoint to resume from; start a new run, or set "
+        "train.save_every so that the next run writes checkpoints"
+    )
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
-    """The trainer state saved in a checkpoint."""
-    state: dict[str, Any] = torch.load(path / STATE_FILE, weights_only=False)
+    """The trainer state saved in a checkpoint, read without running any code from it:
+    JSON + safetensors, or an old checkpoint's pickle read with `weights_only=True` (plain
+    types and tensors only)."""
+    try:
+        if safestate.exists(path / STATE_STEM):
+            state = safestate.load_state(path / STATE_STEM)
+        elif (path / LEGACY_STATE_FILE).is_file():
+            state = torch.load(path / LEGACY_STATE_FILE, weights_only=True)
+        else:
+            raise CheckpointError(f"{path} has no trainer state; resume from another checkpoint")
+    except CheckpointError:
+        raise
+    except Exception as exc:  # a damaged file, or a pickle holding more than plain data
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"cannot read the trainer state in {path} ({first[:200]}); it is damaged or "
+            "not a gspo checkpoint, and nothing from it was run; resume from another checkpoint"
+        ) from None
+    if not isinstance(state, dict) or not {"step", "prompts_used"} <= state.keys():
+        raise CheckpointError(f"{path}: the trainer state is not a gspo trainer state")
     return state
 
 
 def link_final(checkpoint: Path, run_dir: Path) -> Path:
     """`final/`: the last checkpoint's model files, hard-linked (copied across devices)."""
     target = run_dir / FINAL_DIR
-    with _staged_dir(target) as staging:
+    skip = {*STATE_FILES, LEGACY_STATE_FILE, MANIFEST_FILE}
+    with staged_dir(target, "the final model") as staging:
         for item in checkpoint.iterdir():
-            if item.name in (STATE_FILE, MANIFEST_FILE) or not item.is_file():  # model files only
+            if item.name in skip or not item.is_file():  # model files only
                 continue
             try:
                 os.link(item, staging / item.name)

@@ -30,7 +30,14 @@ from rich.progress import (
 from rich.table import Table
 
 from gspo_cli import __version__
-from gspo_cli.errors import GspoError, Interrupted, RecipeError, UserError, WatchdogStop
+from gspo_cli.errors import (
+    GspoError,
+    Interrupted,
+    RecipeError,
+    StorageError,
+    UserError,
+    WatchdogStop,
+)
 
 if TYPE_CHECKING:
     from gspo_cli.compare import AlgoSummary, PlannedRun
@@ -349,6 +356,8 @@ def _train_here(
             f"aborted by a second interrupt; the last complete checkpoint is intact. "
             f"Resume with: gspo train --resume {run_dir}{nproc}"
         ) from None
+    except StorageError as exc:
+        raise StorageError(f"{exc}. {_after_full_disk(run_dir, nproc)}") from None
     finally:
         if resume is None and cluster.is_main and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # setup failed before anything was written
@@ -361,6 +370,19 @@ def _train_here(
     table.add_row("wall time", f"{summary.seconds:.0f} s")
     table.add_row("final model", str(summary.run_dir / "final"))
     console.print(table)
+
+
+def _after_full_disk(run_dir: Path, nproc: str) -> str:
+    """What a run stopped by a full disk still has, and how to go on."""
+    from gspo_cli.checkpoint import complete_checkpoints
+
+    kept = complete_checkpoints(run_dir) if run_dir.is_dir() else []
+    if not kept:
+        return "No checkpoint had been written; start the run again once there is space"
+    return (
+        f"The last complete checkpoint, {kept[-1].name}, is intact; once there is space, "
+        f"resume with: gspo train --resume {run_dir}{nproc}"
+    )
 
 
 def _on_rank_zero(cluster: Cluster, work: Callable[[], T]) -> T:

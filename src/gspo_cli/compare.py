@@ -17,8 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from gspo_cli.checkpoint import FINAL_DIR, METRICS_FILE, RECIPE_FILE, write_text
 from gspo_cli.errors import UserError
 from gspo_cli.metrics import read_metrics
 from gspo_cli.recipe import DEFAULT_CLIP, Recipe, apply_override, validate
+from gspo_cli.storage import write_file_atomic
 
 TRAIN_KEYS = ("reward_mean", "clip_frac", "ratio_mean", "step_s", "tokens_per_s")
 ROUTER_KEY = "router_drift"  # mixture-of-experts runs only: compared when every row has it
@@ -599,17 +598,7 @@ def _draw(ax: Any, groups: Sequence[AlgoSummary], key: str, log: bool, by_wall: 
 
 def _save_png(fig: Any, path: Path) -> None:
     """Render to a temporary file beside `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give what open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 def write_plots(out_dir: Path, groups: Sequence[AlgoSummary]) -> list[Path]:

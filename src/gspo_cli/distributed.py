@@ -266,25 +266,64 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return weights
 
 
-def save_optimizer(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """Each rank writes its optimiser shard under `path` (torch.distributed.checkpoint)."""
+def save_optimizer(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, stem: Path) -> None:
+    """This rank's optimiser shard at `stem` (`safestate`: JSON + safetensors, no pickle).
+    Sharded tensors are stored as this rank's local part."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-    from torch.distributed.checkpoint.state_dict_saver import save
 
-    save({"optimizer": get_optimizer_state_dict(policy, optimizer)}, checkpoint_id=path)
+    from gspo_cli.safestate import save_state
+
+    save_state(_local_parts(get_optimizer_state_dict(policy, optimizer)), stem)
 
 
-def load_optimizer(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """Load the optimiser shards written by `save_optimizer` into `optimizer`."""
+def load_optimizer(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, stem: Path) -> None:
+    """Load this rank's shard written by `save_optimizer` into `optimizer`: each local part
+    becomes a sharded tensor again with the mesh and placement of the optimiser's own."""
     from torch.distributed.checkpoint.state_dict import (
         get_optimizer_state_dict,
         set_optimizer_state_dict,
     )
-    from torch.distributed.checkpoint.state_dict_loader import load
 
-    state = {"optimizer": get_optimizer_state_dict(policy, optimizer)}
-    load(state, checkpoint_id=path)
-    set_optimizer_state_dict(policy, optimizer, state["optimizer"])
+    from gspo_cli.safestate import load_state
+
+    template = get_optimizer_state_dict(policy, optimizer)
+    set_optimizer_state_dict(policy, optimizer, _sharded_like(template, load_state(stem)))
+
+
+def _local_parts(tree: Any) -> Any:
+    """`tree` with every DTensor replaced by this rank's local tensor."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(tree, DTensor):
+        return tree.to_local()
+    if isinstance(tree, dict):
+        return {k: _local_parts(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_local_parts(v) for v in tree)
+    return tree
+
+
+def _sharded_like(template: Any, loaded: Any) -> Any:
+    """`loaded` with each tensor in a DTensor's place in `template` made that DTensor again."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(template, DTensor) and isinstance(loaded, torch.Tensor):
+        local = loaded.to(template.to_local().device, template.dtype)
+        return DTensor.from_local(
+            local,
+            template.device_mesh,
+            template.placements,
+            shape=template.shape,
+            stride=template.stride(),
+        )
+    if isinstance(loaded, dict):
+        by_key = template if isinstance(template, dict) else {}
+        return {k: _sharded_like(by_key.get(k), v) for k, v in loaded.items()}
+    if isinstance(loaded, list | tuple):
+        seq = template if isinstance(template, list | tuple) else []
+        pairs = [(seq[i] if i < len(seq) else None, v) for i, v in enumerate(loaded)]
+        return type(loaded)(_sharded_like(t, v) for t, v in pairs)
+    return loaded
 
 
 def local_value(tensor: torch.Tensor) -> torch.Tensor:

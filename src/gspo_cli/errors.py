@@ -49,6 +49,19 @@ class CheckpointError(GspoError):
     """A checkpoint is missing, incomplete or does not match the run."""
 
 
+class StorageError(GspoError):
+    """A write failed because the disk is full or failed; nothing half-written is left.
+    `failure` is the underlying error and `needed` the bytes the write needed, if known, so
+    an enclosing write can say the same in its own words."""
+
+    def __init__(
+        self, message: str, failure: BaseException | None = None, needed: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.failure = failure
+        self.needed = needed
+
+
 class TrainingError(GspoError):
     """Training cannot go on (e.g. non-finite losses step after step)."""
 

@@ -25,8 +25,10 @@ from gspo_cli import rewards
 from gspo_cli.checkpoint import (
     CHECKPOINTS_DIR,
     FINAL_DIR,
+    MANIFEST_FILE,
     METRICS_FILE,
     RECIPE_FILE,
+    damage,
     write_text_atomic,
 )
 from gspo_cli.data import Example, render_prompt
@@ -171,6 +173,8 @@ def resolve_target(path: str) -> EvalTarget:
             run = p.parent.parent
             in_run = p.parent.name == CHECKPOINTS_DIR and (run / RECIPE_FILE).is_file()
             if in_run:
+                if (p / MANIFEST_FILE).is_file() and (problem := damage(p)) is not None:
+                    raise ModelError(f"{path}: damaged checkpoint, {problem}; evaluate another")
                 return EvalTarget(str(p), run / RECIPE_FILE, None, "checkpoint")
             return EvalTarget(str(p), None, None, "model")
         raise ModelError(

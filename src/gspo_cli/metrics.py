@@ -1,17 +1,21 @@
 """`metrics.jsonl`: one JSON object per line, written in one place and read back.
 
 Training rows carry `step` and the per-step figures; evaluation rows carry `step` and
-`eval_accuracy`. Each row is flushed whole, so the file never ends in a partial line
-written by us. The README documents every key.
+`eval_accuracy`. Each row is flushed whole; a row that cannot be written whole (a full
+disk) is cut off again, so the file never ends in a partial line written by us. The
+README documents every key.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+from gspo_cli.storage import writing
 
 Row = dict[str, Any]
 
@@ -24,11 +28,12 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends rows to a JSONL file, one `write` per line, flushed at once."""
+    """Appends rows to a JSONL file, one unbuffered `write` per line."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file = path.open("a", encoding="utf-8")
+        with writing(path.name, path):
+            self._file = path.open("ab", buffering=0)
 
     @staticmethod
     def line(row: Row) -> str:
@@ -36,8 +41,16 @@ class MetricsWriter:
         return json.dumps({k: _clean(v) for k, v in row.items()}, allow_nan=False) + "\n"
 
     def write(self, row: Row) -> None:
-        self._file.write(self.line(row))
-        self._file.flush()
+        data = self.line(row).encode()
+        start = self._file.seek(0, os.SEEK_END)
+        with writing(f"a row of {self.path.name}", self.path, len(data)):
+            try:
+                done = 0
+                while done < len(data):  # a raw write may take only part
+                    done += self._file.write(data[done:]) or 0
+            except BaseException:
+                os.ftruncate(self._file.fileno(), start)  # no partial row is left
+                raise
 
     def close(self) -> None:
         self._file.close()

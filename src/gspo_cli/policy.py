@@ -6,6 +6,7 @@ transformers release changes one file.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,7 +83,15 @@ def _fix_tokenizer(tokenizer: Any, name: str) -> Any:
     return tokenizer
 
 
-def _load_error(name: str, exc: Exception) -> ModelError:
+def _load_error(name: str, exc: Exception, path: Path) -> ModelError:
+    """One line on why a model or tokenizer did not load: a damaged file of a local
+    directory named, else the library's first line (an OSError or ValueError: the name is
+    wrong or the hub unreachable). Anything else is a bug and is raised as it is."""
+    damaged = damaged_file(path)
+    if damaged is not None:
+        return ModelError(f"cannot load model {name!r}: {damaged}; copy or download it again")
+    if not isinstance(exc, OSError | ValueError):
+        raise exc
     first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
     return ModelError(
         f"cannot load model {name!r}: {first}. If the hub is unreachable (offline), "
@@ -100,8 +109,8 @@ def load_tokenizer(name: str, announce: Callable[[str], None]) -> Any:
     path = resolve_model_path(name, announce)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise _load_error(name, exc) from exc
+    except Exception as exc:
+        raise _load_error(name, exc, Path(path)) from None
     return _fix_tokenizer(tokenizer, name)
 
 
@@ -115,9 +124,31 @@ def load_policy(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, device))
-    except (OSError, ValueError) as exc:
-        raise _load_error(name, exc) from exc
+    except Exception as exc:
+        raise _load_error(name, exc, Path(path)) from None
     return model.to(device), _fix_tokenizer(tokenizer, name)
+
+
+def damaged_file(directory: Path) -> str | None:
+    """The first weights or JSON file of a local model directory that cannot be read
+    (truncated or garbled), said in words; None when all read (or it is not a directory)."""
+    from safetensors import safe_open
+
+    if not directory.is_dir():
+        return None
+    for file in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                weights.keys()
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            return f"{file} is damaged ({first})"
+    for file in sorted(directory.glob("*.json")):
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return f"{file} is damaged (not valid JSON: {exc})"
+    return None
 
 
 def eos_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from gspo_cli.checkpoint import cache_root, replace_dir
+from gspo_cli.checkpoint import cache_root
 from gspo_cli.data import (
     HOLDOUT_PERCENT,
     SPLITS,
@@ -37,6 +37,7 @@ from gspo_cli.data import (
 )
 from gspo_cli.errors import DataError
 from gspo_cli.recipe import DataSection
+from gspo_cli.storage import replace_dir, writing
 
 Progress = Callable[[str, int, int], None]  # (split, rows done, rows in the split)
 
@@ -222,22 +223,24 @@ def _source_split_names(data: DataSection, source: Source) -> dict[Split, str]:
 def _write_prepared(
     target: Path, rendered: dict[str, list[Row]], manifest: dict[str, Any], started: float
 ) -> None:
-    """Write the splits and the manifest into a staging directory, then rename it to target."""
+    """Write the splits and the manifest into a staging directory, then rename it to target
+    (a full disk: one line, and no staging directory left)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        for split, rows in rendered.items():
-            with (staging / f"{split}.jsonl").open("w", encoding="utf-8") as handle:
-                for row in rows:
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        manifest["content_hash"] = content_hash(staging)
-        manifest["seconds"] = round(time.perf_counter() - started, 3)
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
-        try:
-            replace_dir(staging, target)
-        except OSError:  # another process prepared the same data meanwhile: keep theirs
-            if _reusable(target) is None:
-                raise
+        with writing("the prepared data", target):
+            for split, rows in rendered.items():
+                with (staging / f"{split}.jsonl").open("w", encoding="utf-8") as handle:
+                    for row in rows:
+                        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            manifest["content_hash"] = content_hash(staging)
+            manifest["seconds"] = round(time.perf_counter() - started, 3)
+            (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+            try:
+                replace_dir(staging, target)
+            except OSError:  # another process prepared the same data meanwhile: keep theirs
+                if _reusable(target) is None:
+                    raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

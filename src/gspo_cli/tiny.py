@@ -11,16 +11,16 @@ loads. The first call does the work (about a minute on 2 CPU cores); later calls
 
 from __future__ import annotations
 
+import json
 import random
-import shutil
 import string
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gspo_cli.checkpoint import cache_root
 from gspo_cli.data import Example
+from gspo_cli.storage import file_hashes, hash_mismatch, staged_dir
 
 TINY_MODEL_NAME = "tiny-qwen3"
 TINY_MOE_NAME = "tiny-qwen3-moe"
@@ -169,36 +169,51 @@ def tiny_model_dir(name: str = TINY_MODEL_NAME) -> Path:
     return cache_root() / f"{name}-v{EMBEDDED_MODELS[name]}"
 
 
+HASHES_FILE = "hashes.json"  # written last: every other file's sha256
+
+
+def cache_problem(directory: Path) -> str | None:
+    """Why a cached embedded model cannot be used as it is, or None when it is intact."""
+    try:
+        hashes = json.loads((directory / HASHES_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "incomplete" if directory.exists() else "missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"damaged ({HASHES_FILE} is unreadable)"
+    if not isinstance(hashes, dict):
+        return f"damaged ({HASHES_FILE} is not a table)"
+    mismatch = hash_mismatch(directory, hashes)
+    return f"damaged ({mismatch})" if mismatch else None
+
+
 def ensure_tiny_model(announce: Callable[[str], None], name: str = TINY_MODEL_NAME) -> Path:
-    """Build, warm-start and cache an embedded model once; return its Hugging Face directory."""
+    """Build, warm-start and cache an embedded model once; return its Hugging Face directory.
+    A cache whose files do not match their hashes (or that an older gspo left without
+    them) is rebuilt, and said so."""
     import torch
 
     target = tiny_model_dir(name)
-    if (target / "config.json").is_file():
+    problem = cache_problem(target)
+    if problem is None:
         return target
     announce(
-        f"First run: building the embedded {name} model and warm-starting it on "
+        f"The cached {name} model in {target} is {problem}: rebuilding it (about a minute)"
+        if problem != "missing"
+        else f"First run: building the embedded {name} model and warm-starting it on "
         f"synthetic addition (about a minute); cached in {target}"
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     build = build_moe_model if name == TINY_MOE_NAME else build_model
     model = build(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
     with torch.random.fork_rng():
         torch.manual_seed(WARM_START_SEED)
         steps, accuracy = warm_start(model, tokenizer, WARM_START_TARGET)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with staged_dir(target, f"the {name} model cache") as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "warm_start.txt").write_text(
             f"steps={steps} validation_accuracy={accuracy:.4f}\n", encoding="utf-8"
         )
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first: keep theirs
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        hashes = json.dumps(file_hashes(staging), indent=1)
+        (staging / HASHES_FILE).write_text(hashes, encoding="utf-8")
     return target

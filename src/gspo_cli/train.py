@@ -38,19 +38,18 @@ from typing import Any
 
 import torch
 
-from gspo_cli import distributed, microbatch, rewards, routing
+from gspo_cli import distributed, microbatch, rewards, routing, safestate
 from gspo_cli.checkpoint import (
     COMPLETIONS_FILE,
     METRICS_FILE,
     OPTIMIZER_DIR,
     RECIPE_FILE,
     RNG_DIR,
-    STATE_FILE,
+    STATE_STEM,
     checkpoint_dir,
     link_final,
     load_trainer_state,
     save_checkpoint,
-    write_text_atomic,
 )
 from gspo_cli.data import Example
 from gspo_cli.distributed import SINGLE, Cluster
@@ -66,6 +65,7 @@ from gspo_cli.recipe import Recipe, check_world_size
 from gspo_cli.rollout import RolloutBatch, collect
 from gspo_cli.scoring import LogProbModel, causal_lm, completion_logprobs, support
 from gspo_cli.seeding import derive
+from gspo_cli.storage import write_text_atomic
 from gspo_cli.watchdog import RunWarning, Watchdog
 
 
@@ -339,8 +339,9 @@ def _write_checkpoint(
     cluster: Cluster,
 ) -> None:
     """This rank's part of a checkpoint. One process: the model directory and everything
-    else in trainer_state.pt. N processes: rank 0 writes the model from a full state dict
-    gathered from the shards; every rank writes its optimiser shard and RNG states."""
+    else in trainer_state.{json,safetensors}. N processes: rank 0 writes the model from a
+    full state dict gathered from the shards; every rank writes its optimiser shard and RNG
+    states. Nothing is pickled (see `safestate`)."""
     model = causal_lm(policy)
     if not cluster.is_distributed:
         model.save_pretrained(directory, safe_serialization=True)
@@ -349,12 +350,14 @@ def _write_checkpoint(
         weights = distributed.full_state_dict(model)  # collective; empty off rank 0
         if cluster.is_main:
             model.save_pretrained(directory, state_dict=weights, safe_serialization=True)
-        distributed.save_optimizer(policy, optimizer, directory / OPTIMIZER_DIR)
-        (directory / RNG_DIR).mkdir(exist_ok=True)
-        torch.save(rng_state(), directory / RNG_DIR / f"rank{cluster.rank}.pt")
+        for part in (OPTIMIZER_DIR, RNG_DIR):
+            (directory / part).mkdir(exist_ok=True)
+        rank = f"rank{cluster.rank}"
+        distributed.save_optimizer(policy, optimizer, directory / OPTIMIZER_DIR / rank)
+        safestate.save_state(rng_state(), directory / RNG_DIR / rank)
     if cluster.is_main:
         tokenizer.save_pretrained(directory)
-        torch.save({**state, "world_size": cluster.world_size}, directory / STATE_FILE)
+        safestate.save_state({**state, "world_size": cluster.world_size}, directory / STATE_STEM)
 
 
 def _restore(
@@ -375,8 +378,9 @@ def _restore(
             f"--nproc {written_by})"
         )
     if cluster.is_distributed:
-        distributed.load_optimizer(policy, optimizer, checkpoint / OPTIMIZER_DIR)
-        set_rng_state(torch.load(checkpoint / RNG_DIR / f"rank{cluster.rank}.pt"))
+        rank = f"rank{cluster.rank}"
+        distributed.load_optimizer(policy, optimizer, checkpoint / OPTIMIZER_DIR / rank)
+        set_rng_state(safestate.load_state(checkpoint / RNG_DIR / rank))
     else:
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])

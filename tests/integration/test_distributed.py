@@ -130,9 +130,11 @@ def test_two_processes_train_exactly_as_one(one_process: tuple[Path, Path], tmp_
     checkpoint = out / "checkpoints" / "step_000002"
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     assert manifest["world_size"] == 2
-    shards = sorted(p.name for p in (checkpoint / "optimizer").glob("*.distcp"))
-    assert shards == ["__0_0.distcp", "__1_0.distcp"]
-    assert sorted(p.name for p in (checkpoint / "rng").iterdir()) == ["rank0.pt", "rank1.pt"]
+    per_rank = ["rank0.json", "rank0.safetensors", "rank1.json", "rank1.safetensors"]
+    assert sorted(p.name for p in (checkpoint / "optimizer").iterdir()) == per_rank
+    assert sorted(p.name for p in (checkpoint / "rng").iterdir()) == per_rank
+    assert not list(checkpoint.rglob("*.pt")) and not list(checkpoint.rglob(".metadata"))
+    assert set(manifest["files"]) >= {f"optimizer/{name}" for name in per_rank}
     plain = AutoModelForCausalLM.from_pretrained(checkpoint)
     assert type(plain).__name__ == "Qwen3ForCausalLM"
 

@@ -21,7 +21,7 @@ from gspo_cli.checkpoint import (
     save_model_dir,
     write_text_atomic,
 )
-from gspo_cli.errors import UserError
+from gspo_cli.errors import StorageError, UserError
 from gspo_cli.metrics import MetricsWriter, read_metrics
 from gspo_cli.tiny import build_model, build_tokenizer
 
@@ -122,7 +122,8 @@ def test_write_text_atomic_creates_then_replaces(tmp_path: Path) -> None:
 def test_write_text_atomic_failed_rename_keeps_old_content(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """If the final rename fails, the target is unchanged and the temp file is removed."""
+    """If the final rename fails (a full disk), the target is unchanged, the temp file is
+    removed and the failure is one StorageError line naming the file and the bytes needed."""
     target = tmp_path / "recipe.yaml"
     target.write_text("old\n", encoding="utf-8")
 
@@ -130,7 +131,7 @@ def test_write_text_atomic_failed_rename_keeps_old_content(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StorageError, match=r"disk full while writing recipe.yaml to .*4 bytes"):
         write_text_atomic(target, "new\n")
     assert target.read_text(encoding="utf-8") == "old\n", target.read_text()
     assert os.listdir(tmp_path) == ["recipe.yaml"], os.listdir(tmp_path)
@@ -267,7 +268,7 @@ def test_save_model_dir_failure_keeps_the_old_target(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(tokenizer, "save_pretrained", broken)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StorageError, match=r"disk full while writing the model to .*final"):
         save_model_dir(model, tokenizer, target)
     assert sorted(os.listdir(target)) == before, sorted(os.listdir(target))
     assert _hidden_entries(tmp_path) == [], _hidden_entries(tmp_path)
