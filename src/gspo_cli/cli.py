@@ -319,7 +319,7 @@ def _train_here(
     from gspo_cli.checkpoint import latest_checkpoint, new_run_dir
     from gspo_cli.preflight import batch_plan
 
-    trainer.preflight(loaded)
+    estimated = _on_rank_zero(cluster, lambda: trainer.preflight(loaded, cluster.world_size))
     view = _TrainView(loaded.train.steps, quiet)
     if resume is None:
         run_dir = _on_rank_zero(cluster, lambda: new_run_dir(out, loaded.name))
@@ -334,6 +334,7 @@ def _train_here(
         highlight=False,
     )
     console.print(batch_plan(loaded, cluster.world_size).summary(), highlight=False)
+    console.print(estimated.summary(), highlight=False)
 
     def announce(text: str) -> None:
         view.progress.console.print(f"[cyan]{text}[/]", highlight=False)
@@ -543,6 +544,8 @@ def check(recipe: RecipeArg = None, set_: SetOpt = None, nproc: CheckNprocOpt = 
             problems += exc.problems
             plan = preflight.batch_plan(loaded, 1, longest)
         console.print(_batch_table(plan))
+        if tokenizer is not None:  # else the model's problem is listed already
+            _check_memory(loaded, nproc, problems)
         for i, example in enumerate(examples[:2] if tokenizer is not None else [], 1):
             _show_prompt(tokenizer, example, i)
         warnings = 0
@@ -566,21 +569,46 @@ def _check_data(loaded: Recipe, problems: list[str]) -> tuple[Any, list[Any], in
     from gspo_cli.data import locate_source, source_examples
     from gspo_cli.policy import check_model_source, load_tokenizer
     from gspo_cli.prepare import load_task
+    from gspo_cli.resources import check_room, context_fit
 
-    tokenizer = None
+    tokenizer = fit = None
     try:
         check_model_source(loaded.model.name)
         tokenizer = load_tokenizer(loaded.model.name, _announce)
+        fit = context_fit(loaded.model.name, loaded.rollout.max_new_tokens)
+        check_room(fit)
     except UserError as exc:
         problems.append(f"{exc} (so no prompt is shown)")
+        tokenizer = None
     try:
         if tokenizer is None:
             return None, source_examples(loaded.data, locate_source(loaded.data))["train"], None
-        prepared, splits = load_task(loaded.data, tokenizer, loaded.model.name, _announce)
+        prepared, splits = load_task(loaded.data, tokenizer, loaded.model.name, _announce, fit)
     except UserError as exc:
         problems.append(f"{exc} (so no reward is probed)")
         return tokenizer, [], None
-    return tokenizer, splits["train"], prepared.counts()["train"].prompt_tokens_max
+    longest = prepared.counts()["train"].prompt_tokens_max
+    return tokenizer, splits["train"], min(longest, fit.room) if fit is not None else longest
+
+
+def _check_memory(loaded: Recipe, nproc: int, problems: list[str]) -> None:
+    """Show the step's memory estimate, part by part; a problem when it does not fit."""
+    from gspo_cli import resources
+
+    try:
+        estimated = resources.estimate_for(loaded, nproc)
+    except UserError as exc:
+        problems.append(f"{exc} (so no memory estimate)")
+        return
+    title = f"memory per process (rows of {estimated.row_tokens} tokens)"
+    table = Table(title=title, show_header=False, title_justify="left", box=None)
+    for part, size, phase in estimated.rows():
+        table.add_row(part, size, phase)
+    console.print(table)
+    try:
+        resources.require_memory(estimated)
+    except UserError as exc:
+        problems.append(str(exc))
 
 
 def _batch_table(plan: Any) -> Table:  # a preflight.BatchPlan

@@ -36,6 +36,7 @@ from gspo_cli.errors import ModelError
 from gspo_cli.policy import generate, load_policy, load_tokenizer, pick_device
 from gspo_cli.prepare import load_task
 from gspo_cli.recipe import Recipe
+from gspo_cli.resources import context_fit
 from gspo_cli.rewards import RewardFn
 
 EVAL_BATCH_SIZE = 256  # prompts (rows) per generate call, the same in training and `gspo eval`
@@ -319,7 +320,8 @@ def run(
         raise ModelError(
             f"{target.model}: no such local directory, and as a hub id: {exc}"
         ) from exc
-    prepared, splits = load_task(recipe.data, tokenizer, target.model, announce)
+    fit = context_fit(target.model, recipe.rollout.max_new_tokens)
+    prepared, splits = load_task(recipe.data, tokenizer, target.model, announce, fit)
     examples = splits["test"][: limit or recipe.data.eval_size]
     model, tokenizer = load_policy(target.model, recipe.model.dtype, pick_device(), announce)
     extra = f", {samples} samples each" if samples else ""

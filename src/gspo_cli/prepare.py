@@ -102,6 +102,47 @@ def render_split(
     return rows, dropped
 
 
+@dataclass(frozen=True)
+class ContextFit:
+    """A model's context and the completion length a recipe reserves in it."""
+
+    context: int  # the model's max_position_embeddings, in tokens
+    new_tokens: int  # rollout.max_new_tokens
+
+    @property
+    def room(self) -> int:
+        """The longest prompt whose completion still fits the context, in tokens."""
+        return self.context - self.new_tokens
+
+
+def fit_context(
+    rows: dict[Split, list[Row]], fit: ContextFit, announce: Callable[[str], None]
+) -> dict[Split, list[Row]]:
+    """The rows whose prompt leaves room for `fit.new_tokens` in the context; the dropped
+    ones counted in one announced line; a DataError when a split would be left empty."""
+    kept = {s: [r for r in rows[s] if r["prompt_tokens"] <= fit.room] for s in rows}
+    why = (
+        f"{fit.room} tokens (model context {fit.context} - rollout.max_new_tokens {fit.new_tokens})"
+    )
+    for split in rows:
+        if rows[split] and not kept[split]:
+            raise DataError(
+                f"all {len(rows[split])} {split} prompts are longer than {why}, so none could "
+                "be completed within the context; lower rollout.max_new_tokens"
+            )
+    dropped = [
+        f"{len(rows[s]) - len(kept[s])} of {len(rows[s])} {s}"
+        for s in rows
+        if len(kept[s]) < len(rows[s])
+    ]
+    if dropped:
+        announce(
+            f"dropped {' and '.join(dropped)} prompts longer than {why}; lower "
+            "rollout.max_new_tokens to keep them"
+        )
+    return kept
+
+
 # --- prepare ---------------------------------------------------------------------------------
 
 
@@ -245,12 +286,15 @@ def _write_prepared(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def load_split(prepared: Prepared, split: Split) -> list[Example]:
-    """The Examples of a prepared split, in order."""
+def _split_rows(prepared: Prepared, split: Split) -> list[Row]:
     path = prepared.directory / f"{split}.jsonl"
     with path.open(encoding="utf-8") as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
-    return [Example(row["text"], row["reference"]) for row in rows]
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def load_split(prepared: Prepared, split: Split) -> list[Example]:
+    """The Examples of a prepared split, in order."""
+    return [Example(row["text"], row["reference"]) for row in _split_rows(prepared, split)]
 
 
 def summary_line(prepared: Prepared) -> str:
@@ -265,10 +309,18 @@ def summary_line(prepared: Prepared) -> str:
 
 
 def load_task(
-    data: DataSection, tokenizer: Any, model_name: str, announce: Callable[[str], None]
+    data: DataSection,
+    tokenizer: Any,
+    model_name: str,
+    announce: Callable[[str], None],
+    fit: ContextFit | None = None,
 ) -> tuple[Prepared, dict[Split, list[Example]]]:
-    """Both splits of the recipe's task, prepared first when they are not yet (and said so)."""
+    """Both splits of the recipe's task, prepared first when they are not yet (and said so);
+    with `fit`, without the prompts that leave no room for a completion in the context."""
     prepared = prepare(data, tokenizer, model_name=model_name, announce=announce)
     if prepared.status != "reused":
         announce(f"prepared {summary_line(prepared)}")
-    return prepared, {s: load_split(prepared, s) for s in SPLITS}
+    rows = {s: _split_rows(prepared, s) for s in SPLITS}
+    if fit is not None:
+        rows = fit_context(rows, fit, announce)
+    return prepared, {s: [Example(r["text"], r["reference"]) for r in rows[s]] for s in SPLITS}

@@ -41,6 +41,12 @@ DEFAULT_CLIP: dict[str, tuple[float, float]] = {
 }
 
 
+# Upper bounds on sizes: far beyond any real use, low enough that a typo (an extra three
+# zeros) is refused here instead of hanging or exhausting memory later.
+MAX_STEPS = 10_000_000
+MAX_COMPLETIONS = 262_144  # prompts_per_step × group_size, per rollout step
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -119,13 +125,22 @@ class DataSection(_Section):
         description="text appended to every prompt (after a blank line); default by task"
     )
     max_prompt_tokens: int = Field(
-        0, ge=0, description="drop (and count) prompts longer than this in tokens; 0: keep all"
+        0,
+        ge=0,
+        le=1_048_576,
+        description="drop (and count) prompts longer than this in tokens; 0: keep all",
     )
     generated_size: int = Field(
-        10_000, ge=1, description="training examples generated for countdown without a source"
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="training examples generated for countdown without a source",
     )
     eval_size: int = Field(
-        256, ge=1, description="held-out examples used for each evaluation (capped at the split)"
+        256,
+        ge=1,
+        le=1_000_000,
+        description="held-out examples used for each evaluation (capped at the split)",
     )
 
     @model_validator(mode="before")
@@ -144,13 +159,18 @@ class DataSection(_Section):
 
 
 class RolloutSection(_Section):
-    prompts_per_step: int = Field(16, ge=1, description="prompts sampled per rollout step")
+    prompts_per_step: int = Field(
+        16, ge=1, le=16_384, description="prompts sampled per rollout step"
+    )
     group_size: int = Field(
-        8, ge=2, description="completions per prompt (G); advantages are normalised per group"
+        8,
+        ge=2,
+        le=1024,
+        description="completions per prompt (G); advantages are normalised per group",
     )
     temperature: float = Field(1.0, gt=0, le=10, description="sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (1.0 = off)")
-    max_new_tokens: int = Field(8, ge=1, description="longest completion, in tokens")
+    max_new_tokens: int = Field(8, ge=1, le=131_072, description="longest completion, in tokens")
 
 
 class AlgoSection(_Section):
@@ -170,9 +190,12 @@ class AlgoSection(_Section):
         gt=0,
     )
     minibatches: int = Field(
-        4, ge=1, description="optimiser steps per rollout batch per epoch (the paper uses 4)"
+        4,
+        ge=1,
+        le=65_536,
+        description="optimiser steps per rollout batch per epoch (the paper uses 4)",
     )
-    epochs: int = Field(1, ge=1, description="passes over each rollout batch")
+    epochs: int = Field(1, ge=1, le=100, description="passes over each rollout batch")
     kl_beta: float = Field(
         0.0, ge=0, description="weight of a k3 KL penalty to the initial model (paper: 0, off)"
     )
@@ -205,39 +228,50 @@ class AlgoSection(_Section):
 
 class OptimSection(_Section):
     lr: float = Field(3e-5, ge=0, description="AdamW learning rate (after warm-up; constant)")
-    warmup_steps: int = Field(0, ge=0, description="optimiser steps of linear warm-up from 0")
+    warmup_steps: int = Field(
+        0, ge=0, le=MAX_STEPS, description="optimiser steps of linear warm-up from 0"
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 turns clipping off")
 
 
 class TrainSection(_Section):
-    steps: int = Field(1200, ge=1, description="rollout steps (each: sample, score, update)")
+    steps: int = Field(
+        1200, ge=1, le=MAX_STEPS, description="rollout steps (each: sample, score, update)"
+    )
     eval_every: int = Field(
         100,
         ge=0,
+        le=MAX_STEPS,
         description="rollout steps between evaluations (also at start and end; 0: only those)",
     )
     save_every: int = Field(
         0,
         ge=0,
+        le=MAX_STEPS,
         description="rollout steps between checkpoints (0: only at the end and on interruption)",
     )
     microbatch_tokens: int = Field(
         8192,
         ge=0,
+        le=16_777_216,
         description="padded tokens per forward pass; minibatches are split into length-sorted "
         "micro-batches with gradient accumulation (0: no split)",
     )
     logprob_chunk_tokens: int = Field(
         1024,
         ge=0,
+        le=1_048_576,
         description="tokens whose full-vocabulary logits exist at once when computing "
         "log-probs (0: all at once)",
     )
-    keep_last: int = Field(2, ge=1, description="complete checkpoints kept; older are deleted")
+    keep_last: int = Field(
+        2, ge=1, le=1000, description="complete checkpoints kept; older are deleted"
+    )
     max_skipped_steps: int = Field(
         10,
         ge=1,
+        le=MAX_STEPS,
         description="optimiser steps in a row with a non-finite loss or gradient before stopping",
     )
     strict: bool = Field(
@@ -248,6 +282,7 @@ class TrainSection(_Section):
     log_completions: int = Field(
         8,
         ge=0,
+        le=MAX_COMPLETIONS,
         description="completions per step written to completions.jsonl (the step's first ones, "
         "group by group); 0: none",
     )
@@ -345,6 +380,14 @@ def _contradictions(recipe: Recipe) -> list[str]:
     """Settings that are each valid but cannot work together."""
     problems = []
     n, m = recipe.completions_per_step, recipe.algo.minibatches
+    if n > MAX_COMPLETIONS:
+        p, g = recipe.rollout.prompts_per_step, recipe.rollout.group_size
+        problems.append(
+            f"rollout.prompts_per_step × rollout.group_size: {p} × {g} = {n} completions per "
+            f"step is more than the limit of {MAX_COMPLETIONS}, far beyond any real use; lower "
+            "either"
+        )
+        return problems + _data_contradictions(recipe.data)
     if n % m:
         problems.append(_indivisible_minibatches(recipe))
     if m > n:

@@ -31,6 +31,7 @@ EMBEDDED_MODELS = {TINY_MODEL_NAME: TINY_VERSION, TINY_MOE_NAME: TINY_MOE_VERSIO
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 _CHARS = string.digits + string.ascii_lowercase + "+-*/=()#,.?: "
+_VOCAB = [PAD, EOS, UNK, *_CHARS]  # the character tokenizer's tokens, in id order
 
 # Warm start: supervised next-token loss on the answer tokens of the addition task.
 WARM_START_STEPS = 800  # an upper bound; it stops at the target accuracy
@@ -45,7 +46,7 @@ def build_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK, *_CHARS])}
+    vocab = {tok: i for i, tok in enumerate(_VOCAB)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     core.decoder = decoders.Fuse()
@@ -55,7 +56,7 @@ def build_tokenizer() -> Any:
 
 
 def _shape(pad_id: int, eos_id: int) -> dict[str, Any]:
-    """What the dense and the MoE tiny models share: attention, depth, ids."""
+    """What the dense and the MoE tiny models share: widths, attention, depth, ids."""
     return {
         "num_hidden_layers": 4,
         "num_attention_heads": 4,
@@ -66,7 +67,30 @@ def _shape(pad_id: int, eos_id: int) -> dict[str, Any]:
         "pad_token_id": pad_id,
         "eos_token_id": eos_id,
         "bos_token_id": eos_id,
+        "hidden_size": 128,
+        "intermediate_size": 384,
     }
+
+
+# In every MoE layer 8 experts of which each token uses 2 (top-2, weights renormalised over
+# the two, as in Qwen3-30B-A3B).
+_MOE = {
+    "moe_intermediate_size": 128,
+    "num_experts": 8,
+    "num_experts_per_tok": 2,
+    "norm_topk_prob": True,
+}
+
+
+def tiny_config(name: str = TINY_MODEL_NAME) -> Any:
+    """The embedded model's config (no weights): what its memory estimate and context read."""
+    from transformers import Qwen3Config, Qwen3MoeConfig
+
+    shape = {
+        "vocab_size": len(_VOCAB),
+        **_shape(_VOCAB.index(PAD), _VOCAB.index(EOS)),
+    }
+    return Qwen3MoeConfig(**shape, **_MOE) if name == TINY_MOE_NAME else Qwen3Config(**shape)
 
 
 def build_model(vocab_size: int, pad_id: int, eos_id: int, seed: int = 0) -> Any:
@@ -74,12 +98,7 @@ def build_model(vocab_size: int, pad_id: int, eos_id: int, seed: int = 0) -> Any
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    config = Qwen3Config(
-        vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=384,
-        **_shape(pad_id, eos_id),
-    )
+    config = Qwen3Config(vocab_size=vocab_size, **_shape(pad_id, eos_id))
     torch.manual_seed(seed)
     return Qwen3ForCausalLM(config)
 
@@ -91,16 +110,7 @@ def build_moe_model(vocab_size: int, pad_id: int, eos_id: int, seed: int = 0) ->
     import torch
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-    config = Qwen3MoeConfig(
-        vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=384,
-        moe_intermediate_size=128,
-        num_experts=8,
-        num_experts_per_tok=2,
-        norm_topk_prob=True,
-        **_shape(pad_id, eos_id),
-    )
+    config = Qwen3MoeConfig(vocab_size=vocab_size, **_shape(pad_id, eos_id), **_MOE)
     torch.manual_seed(seed)
     return Qwen3MoeForCausalLM(config)
 

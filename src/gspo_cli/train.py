@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from gspo_cli import distributed, microbatch, rewards, routing, safestate
+from gspo_cli import distributed, microbatch, resources, rewards, routing, safestate
 from gspo_cli.checkpoint import (
     COMPLETIONS_FILE,
     METRICS_FILE,
@@ -62,6 +62,7 @@ from gspo_cli.policy import check_model_source, load_policy, load_tokenizer, pic
 from gspo_cli.preflight import require_working_rewards
 from gspo_cli.prepare import load_task
 from gspo_cli.recipe import Recipe, check_world_size
+from gspo_cli.resources import MemoryEstimate, context_fit
 from gspo_cli.rollout import RolloutBatch, collect
 from gspo_cli.scoring import LogProbModel, causal_lm, completion_logprobs, support
 from gspo_cli.seeding import derive
@@ -290,10 +291,12 @@ def update(
     ), outcomes
 
 
-def preflight(recipe: Recipe) -> None:
+def preflight(recipe: Recipe, world_size: int = 1) -> MemoryEstimate:
     """Cheap checks that fail before a run directory or a model exists (rewards were
-    resolved when the recipe was validated): a local model path is there."""
+    resolved when the recipe was validated): a local model path is there, its context has
+    room for a prompt, and the step's estimated memory fits what is free (the estimate)."""
     check_model_source(recipe.model.name)
+    return resources.preflight(recipe, world_size)
 
 
 def _build_policy(
@@ -409,8 +412,9 @@ def run(
 
     # --- setup: data, model, reference, reward, optimiser --------------------------------
     # Data first, with the tokenizer alone: a bad source fails before a model loads.
+    fit = context_fit(recipe.model.name, recipe.rollout.max_new_tokens)
     _, splits = load_task(
-        recipe.data, load_tokenizer(recipe.model.name, say), recipe.model.name, say
+        recipe.data, load_tokenizer(recipe.model.name, say), recipe.model.name, say, fit
     )
     train_set, test_set = splits["train"], splits["test"][: recipe.data.eval_size]
     require_working_rewards(recipe, train_set, say)  # a broken reward fails before the model
