@@ -36,7 +36,13 @@ import torch
 from gspo_cli import distributed, safestate
 from gspo_cli.distributed import SINGLE, Cluster
 from gspo_cli.errors import CheckpointError, StorageError, UserError
-from gspo_cli.storage import file_hashes, hash_mismatch, staged_dir, staging_leftovers
+from gspo_cli.storage import (
+    file_hashes,
+    hash_mismatch,
+    staged_dir,
+    staging_leftovers,
+    writing,
+)
 from gspo_cli.storage import write_text_atomic as write_text_atomic  # re-exported
 
 RECIPE_FILE = "recipe.yaml"
@@ -111,16 +117,16 @@ def save_checkpoint(
 
     A failed write on any rank (a full disk) fails every rank, with the staging directory
     removed and the previous checkpoints untouched: no rank waits for another forever."""
-    target = checkpoint_dir(run_dir, step)
+    target, what = checkpoint_dir(run_dir, step), f"checkpoint step {step}"
     error: Exception | None = None
     if cluster.is_main:
         announced = False
         try:
             needed = _newest_size(run_dir)
-            with staged_dir(target, f"checkpoint step {step}", needed) as staging:
+            with staged_dir(target, what, needed) as staging:
                 distributed.broadcast(cluster, str(staging))
                 announced = True
-                _write_together(write, staging, cluster)
+                _write_together(write, staging, what, target, cluster)
                 manifest = {
                     "step": step,
                     "world_size": cluster.world_size,
@@ -137,12 +143,12 @@ def save_checkpoint(
         shared = distributed.broadcast(cluster, "")
         try:
             if not shared:
-                raise StorageError(f"rank 0 could not start checkpoint step {step}")
-            _write_together(write, Path(shared), cluster)
+                raise StorageError(f"{what}: rank 0 could not start it (see its message)")
+            _write_together(write, Path(shared), what, target, cluster)
         except Exception as exc:
             error = exc
     if distributed.any_rank(cluster, error is not None):
-        raise error or StorageError(f"checkpoint step {step} failed on another process")
+        raise error or StorageError(f"{what} failed on another process (see its message)")
     if cluster.is_main:
         for old in complete_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -150,15 +156,19 @@ def save_checkpoint(
     return target
 
 
-def _write_together(write: Callable[[Path], None], staging: Path, cluster: Cluster) -> None:
-    """`write(staging)` on every rank; if it failed on any rank, it fails on all."""
+def _write_together(
+    write: Callable[[Path], None], staging: Path, what: str, target: Path, cluster: Cluster
+) -> None:
+    """`write(staging)` on every rank; if it failed on any rank, it fails on all (a full disk
+    as a StorageError line on the rank it happened on)."""
     failure: Exception | None = None
     try:
-        write(staging)
+        with writing(what, target):
+            write(staging)
     except Exception as exc:
         failure = exc
     if distributed.any_rank(cluster, failure is not None):
-        raise failure or StorageError("another process failed to write its part")
+        raise failure or StorageError(f"{what} failed on another process (see its message)")
 
 
 def _newest_size(run_dir: Path) -> int | None:

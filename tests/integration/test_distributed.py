@@ -314,3 +314,15 @@ def test_two_processes_router_drift_is_zero_without_updates(
     _, rows = moe_run(tiny_moe_dir, tmp_path / "run", 2, "optim.lr=0", "train.steps=1")
     (row,) = train_rows(rows)
     assert row["router_drift"] == 0.0 and row["router_drift_tokens"] == 0.0
+
+
+def test_a_checkpoint_failing_on_one_rank_fails_every_rank(tmp_path: Path) -> None:
+    """ENOSPC in rank 1's part of a checkpoint: both ranks stop with a StorageError (rank 1
+    its own line, rank 0 that another process failed), nobody hangs, step 1 stays intact."""
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    result = run_torchrun(2, [str(HERE / "checkpoint_worker.py"), str(run)], env, timeout=120)
+    assert result.returncode == 0, tail(result)
+    assert "rank 1 stopped: disk full while writing checkpoint step 2" in result.stdout
+    assert "rank 0 stopped: checkpoint step 2 failed on another process" in result.stdout
+    assert result.stdout.count("sees step 1 intact") == 2, result.stdout
