@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gspo_cli.recipe import Recipe
 
 # A few quick steps: 4 prompts × 4 completions, 2 minibatches.
 SMALL = (
@@ -110,3 +115,31 @@ def run_torchrun(
 def without_timing(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     """Rows with wall-clock keys removed, for comparing runs."""
     return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def write_fake_run(recipe: Recipe, run_dir: Path, upto: int, start: int = 0) -> None:
+    """What train.run leaves behind: recipe.yaml, metrics rows in the documented schema, a
+    complete checkpoint at `upto` and, when finished, final/."""
+    (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    clip = 0.2 if recipe.algo.mode == "gspo" else 0.002
+    rows = [] if start else [{"step": 0, "eval_accuracy": 0.25, "eval_n": 4, "eval_s": 0.1}]
+    for step in range(start + 1, upto + 1):
+        rows.append(
+            {
+                "step": step,
+                "reward_mean": 0.5,
+                "clip_frac": clip,
+                "ratio_mean": 1.0,
+                "step_s": 1.0,
+                "tokens_per_s": 50.0,
+            }
+        )
+    accuracy = 0.5 + recipe.seed / 10 + (0.1 if recipe.algo.mode == "gspo" else 0.0)
+    rows.append({"step": upto, "eval_accuracy": accuracy, "eval_n": 4})
+    with (run_dir / "metrics.jsonl").open("a") as handle:
+        handle.write("".join(json.dumps(r) + "\n" for r in rows))
+    checkpoint = run_dir / "checkpoints" / f"step_{upto:06d}"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "manifest.json").write_text(json.dumps({"step": upto, "files": []}))
+    if upto == recipe.train.steps:
+        (run_dir / "final").mkdir()

@@ -16,6 +16,8 @@ from gspo_cli.cli import app
 from gspo_cli.recipe import Recipe
 from gspo_cli.train import TrainSummary
 
+from cli_runs import write_fake_run
+
 runner = CliRunner()
 
 
@@ -24,34 +26,6 @@ class Call:
     recipe: Recipe
     run_dir: Path
     resume_from: Path | None
-
-
-def write_fake_run(recipe: Recipe, run_dir: Path, upto: int, start: int = 0) -> None:
-    """What train.run leaves behind: recipe.yaml, metrics rows in the documented schema, a
-    complete checkpoint at `upto` and, when finished, final/."""
-    (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
-    clip = 0.2 if recipe.algo.mode == "gspo" else 0.002
-    rows = [] if start else [{"step": 0, "eval_accuracy": 0.25, "eval_n": 4, "eval_s": 0.1}]
-    for step in range(start + 1, upto + 1):
-        rows.append(
-            {
-                "step": step,
-                "reward_mean": 0.5,
-                "clip_frac": clip,
-                "ratio_mean": 1.0,
-                "step_s": 1.0,
-                "tokens_per_s": 50.0,
-            }
-        )
-    accuracy = 0.5 + recipe.seed / 10 + (0.1 if recipe.algo.mode == "gspo" else 0.0)
-    rows.append({"step": upto, "eval_accuracy": accuracy, "eval_n": 4})
-    with (run_dir / "metrics.jsonl").open("a") as handle:
-        handle.write("".join(json.dumps(r) + "\n" for r in rows))
-    checkpoint = run_dir / "checkpoints" / f"step_{upto:06d}"
-    checkpoint.mkdir(parents=True)
-    (checkpoint / "manifest.json").write_text(json.dumps({"step": upto, "files": []}))
-    if upto == recipe.train.steps:
-        (run_dir / "final").mkdir()
 
 
 @pytest.fixture

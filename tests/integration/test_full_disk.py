@@ -20,7 +20,7 @@ from gspo_cli.checkpoint import MANIFEST_FILE, complete_checkpoints, damage
 from gspo_cli.errors import StorageError
 from gspo_cli.metrics import MetricsWriter
 
-from cli_runs import SMALL, cli_env, run_cli, train
+from cli_runs import SMALL, cli_env, run_cli, train, write_fake_run
 from refusals import message_lines
 
 # The tiny default's checkpoint is ~10 MB (weights 3.2 MB + AdamW moments 6.4 MB); 16 MB
@@ -106,20 +106,35 @@ def test_full_disk_mid_run_keeps_the_last_checkpoint_and_resumes(
     assert steps[-1] == 4 and (run / "final" / "model.safetensors").is_file()
 
 
+def _fake_runs(root: Path) -> list[str]:
+    """A finished GSPO run and a finished GRPO run (files only) for `gspo compare`."""
+    from gspo_cli.recipe import load_recipe
+
+    runs = []
+    for algo in ("gspo", "grpo"):
+        recipe = load_recipe(None, [f"algo.mode={algo}", "train.steps=2"])
+        run = root / algo
+        run.mkdir(parents=True)
+        write_fake_run(recipe, run, upto=2)
+        runs.append(str(run))
+    return runs
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["prepare", "eval"])
-def test_full_disk_in_prepare_and_eval_is_one_line(
-    command: str, warm_tiny: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("command", ["prepare", "eval", "compare"])
+def test_full_disk_in_prepare_eval_and_compare_is_one_line(
+    command: str, warm_tiny: Path, small_disk: Path, tmp_path: Path
 ) -> None:
-    """A disk with no room left: `prepare` (into the cache) and `eval --out` end in one line,
-    exit 1, with no staging directory or partial file left."""
+    """A disk with no room left: `prepare` (into the cache), `eval --out` and `compare --out`
+    end in one line, exit 1, with no staging directory or partial file left."""
     fill(small_disk / "filler")
     env = {"GSPO_CACHE": str(small_disk / "cache")} if command == "prepare" else {}
-    args = (
-        ["prepare", "--quiet", "--force"]
-        if command == "prepare"
-        else ["eval", str(warm_tiny), "--limit", "8", "--out", str(small_disk / "eval")]
-    )
+    out = small_disk / "out"
+    args = {
+        "prepare": ["prepare", "--quiet", "--force"],
+        "eval": ["eval", str(warm_tiny), "--limit", "8", "--out", str(out)],
+        "compare": ["compare", *_fake_runs(tmp_path / "runs"), "--out", str(out)],
+    }[command]
     done = subprocess.run(
         [sys.executable, "-m", "gspo_cli", *args],
         capture_output=True,
@@ -132,8 +147,7 @@ def test_full_disk_in_prepare_and_eval_is_one_line(
     message = message_lines(done.stderr)
     assert len(message) == 1 and "disk full while writing" in message[0], done.stderr
     assert hidden(small_disk) == [], hidden(small_disk)
-    if command == "eval":
-        assert not any((small_disk / "eval").glob("*")) if (small_disk / "eval").exists() else True
+    assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())
 
 
 # --- patched writers (run everywhere) -------------------------------------------------------
