@@ -53,7 +53,7 @@ from gspo_cli.checkpoint import (
 )
 from gspo_cli.data import Example
 from gspo_cli.distributed import SINGLE, Cluster
-from gspo_cli.errors import Interrupted, TrainingError, UserError, WatchdogStop
+from gspo_cli.errors import CheckpointError, Interrupted, TrainingError, UserError, WatchdogStop
 from gspo_cli.evaluate import greedy_correct
 from gspo_cli.interrupt import StopRequest
 from gspo_cli.losses import LossStats, kl_k3, policy_loss
@@ -380,15 +380,36 @@ def _restore(
             f"{cluster.world_size}; resume with the same number (gspo train --resume RUN_DIR "
             f"--nproc {written_by})"
         )
-    if cluster.is_distributed:
-        rank = f"rank{cluster.rank}"
-        distributed.load_optimizer(policy, optimizer, checkpoint / OPTIMIZER_DIR / rank)
-        set_rng_state(safestate.load_state(checkpoint / RNG_DIR / rank))
-    else:
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-    scheduler.load_state_dict(state["scheduler"])
+    try:
+        if cluster.is_distributed:
+            rank = f"rank{cluster.rank}"
+            distributed.load_optimizer(policy, optimizer, checkpoint / OPTIMIZER_DIR / rank)
+            set_rng_state(safestate.load_state(checkpoint / RNG_DIR / rank))
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+            _require_matching_shapes(optimizer)
+            set_rng_state(state["rng"])
+        scheduler.load_state_dict(state["scheduler"])
+        int(state["skipped_in_a_row"])
+    except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
+        raise CheckpointError(
+            f"{checkpoint}: its trainer state does not fit this model and optimiser "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
+            "resume from another checkpoint"
+        ) from None
     return state
+
+
+def _require_matching_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """Every loaded per-parameter tensor (AdamW's moments) has its parameter's shape, so a
+    tampered or mismatched state fails here rather than inside the first optimiser step."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != param.shape:
+                    raise ValueError(
+                        f"{name} has shape {list(value.shape)}, not {list(param.shape)}"
+                    )
 
 
 def run(

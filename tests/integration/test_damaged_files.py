@@ -7,18 +7,23 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
-from gspo_cli import tiny
+from gspo_cli import safestate, tiny
 from gspo_cli.checkpoint import (
     LEGACY_STATE_FILE,
     MANIFEST_FILE,
     STATE_FILES,
+    STATE_STEM,
     complete_checkpoints,
     damage,
 )
+from gspo_cli.storage import file_hashes
 
 from cli_runs import SMALL, run_cli, train
 from refusals import assert_refused
@@ -113,6 +118,60 @@ def test_a_planted_pickle_in_a_run_directory_runs_nothing(
         fragment="nothing from it was run",
     )
     assert not marker.exists(), "the planted pickle ran"
+
+
+def _rehash(checkpoint: Path) -> None:
+    """Rewrite the manifest's hashes, as a tamperer would, so only the content can tell."""
+    manifest = json.loads((checkpoint / MANIFEST_FILE).read_text())
+    manifest["files"] = file_hashes(checkpoint)
+    manifest["files"].pop(MANIFEST_FILE, None)
+    (checkpoint / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def _edit_state(checkpoint: Path, edit: Callable[[dict[str, Any]], Any]) -> None:
+    stem = checkpoint / STATE_STEM
+    state = safestate.load_state(stem)
+    safestate.save_state(edit(state), stem)
+
+
+def _shrink_moment(state: dict[str, Any]) -> dict[str, Any]:
+    state["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
+    return state
+
+
+TAMPERED = {
+    "state is a list": (lambda state: [1, 2], "is not a gspo trainer state"),
+    "no scheduler": (
+        lambda state: {k: v for k, v in state.items() if k != "scheduler"},
+        "does not fit this model and optimiser (KeyError",
+    ),
+    "moment of the wrong shape": (_shrink_moment, "exp_avg has shape [3]"),
+    "no optimiser state": (
+        lambda state: state | {"optimizer": {"state": {}}},
+        "does not fit this model and optimiser",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(TAMPERED))
+def test_a_tampered_trainer_state_is_one_line(
+    case: str, two_checkpoints: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trainer state edited and re-hashed (so it verifies) but not what gspo writes: the
+    resume stops in one line, exit 1, before any step."""
+    edit, fragment = TAMPERED[case]
+    run = copy_run(two_checkpoints, tmp_path)
+    checkpoint = run / "checkpoints" / "step_000002"
+    _edit_state(checkpoint, edit)
+    _rehash(checkpoint)
+    monkeypatch.chdir(tmp_path)
+    assert_refused(
+        ["train", "--resume", "run", "--quiet", "--set", "train.steps=3"],
+        tmp_path,
+        code=1,
+        fragment=fragment,
+    )
 
 
 @pytest.mark.slow
