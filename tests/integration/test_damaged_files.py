@@ -45,6 +45,13 @@ def two_checkpoints(warm_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -
     return run
 
 
+def refuse_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fragment: str) -> None:
+    """`gspo train --resume run` in tmp_path is refused: exit 1, one line, nothing changed."""
+    monkeypatch.chdir(tmp_path)
+    resume = ["train", "--resume", "run", "--quiet", "--set", "train.steps=3"]
+    assert_refused(resume, tmp_path, code=1, fragment=fragment)
+
+
 def copy_run(run: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
@@ -77,12 +84,8 @@ def test_every_checkpoint_damaged_is_one_line(
     run = copy_run(two_checkpoints, tmp_path)
     for step in ("step_000001", "step_000002"):
         flip_middle_byte(run / "checkpoints" / step / "trainer_state.safetensors")
-    monkeypatch.chdir(tmp_path)
-    assert_refused(
-        ["train", "--resume", "run", "--quiet", "--set", "train.steps=3"],
-        tmp_path,
-        code=1,
-        fragment="has no intact checkpoint to resume from (all 2 are damaged",
+    refuse_resume(
+        tmp_path, monkeypatch, "has no intact checkpoint to resume from (all 2 are damaged"
     )
 
 
@@ -110,13 +113,7 @@ def test_a_planted_pickle_in_a_run_directory_runs_nothing(
     (checkpoint / LEGACY_STATE_FILE).write_bytes(pickle.dumps(state, protocol=2))
     listed = sorted(p.name for p in checkpoint.iterdir() if p.name != MANIFEST_FILE)
     (checkpoint / MANIFEST_FILE).write_text(json.dumps({"step": 2, "files": listed}))
-    monkeypatch.chdir(tmp_path)
-    assert_refused(
-        ["train", "--resume", "run", "--quiet", "--set", "train.steps=3"],
-        tmp_path,
-        code=1,
-        fragment="nothing from it was run",
-    )
+    refuse_resume(tmp_path, monkeypatch, "nothing from it was run")
     assert not marker.exists(), "the planted pickle ran"
 
 
@@ -165,13 +162,7 @@ def test_a_tampered_trainer_state_is_one_line(
     checkpoint = run / "checkpoints" / "step_000002"
     _edit_state(checkpoint, edit)
     _rehash(checkpoint)
-    monkeypatch.chdir(tmp_path)
-    assert_refused(
-        ["train", "--resume", "run", "--quiet", "--set", "train.steps=3"],
-        tmp_path,
-        code=1,
-        fragment=fragment,
-    )
+    refuse_resume(tmp_path, monkeypatch, fragment)
 
 
 @pytest.mark.slow
