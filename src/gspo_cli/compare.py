@@ -26,7 +26,14 @@ from typing import Any, Literal
 
 import yaml
 
-from gspo_cli.checkpoint import FINAL_DIR, METRICS_FILE, RECIPE_FILE, write_text_atomic
+from gspo_cli.checkpoint import (
+    CHECKPOINTS_DIR,
+    COMPLETIONS_FILE,
+    FINAL_DIR,
+    METRICS_FILE,
+    RECIPE_FILE,
+    write_text_atomic,
+)
 from gspo_cli.errors import UserError
 from gspo_cli.metrics import read_metrics
 from gspo_cli.recipe import DEFAULT_CLIP, Recipe, apply_override, validate
@@ -647,7 +654,15 @@ def write_plots(out_dir: Path, groups: Sequence[AlgoSummary]) -> list[Path]:
 
 
 # Files a run directory may hold; an unfinished run with nothing else is safe to clear.
-_RUN_ENTRIES = {METRICS_FILE, RECIPE_FILE, FINAL_DIR, "checkpoints", "eval.json", "samples.jsonl"}
+_RUN_ENTRIES = {
+    RECIPE_FILE,
+    METRICS_FILE,
+    COMPLETIONS_FILE,
+    CHECKPOINTS_DIR,
+    FINAL_DIR,
+    "eval.json",  # evaluate.EVAL_FILE and SAMPLES_FILE: `gspo eval RUN_DIR` writes them there
+    "samples.jsonl",
+}
 
 
 def clear_unfinished(run_dir: Path) -> None:
