@@ -124,7 +124,14 @@ def run_state(run_dir: Path, steps: int) -> RunState:
     if not metrics.is_file() and not (run_dir / RECIPE_FILE).is_file():
         return "new"
     if (run_dir / FINAL_DIR).is_dir() and metrics.is_file():
-        last = max((r["step"] for r in _train_rows_lenient(metrics)), default=0)
+        try:
+            rows = _train_rows_lenient(metrics)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(
+                f"{metrics} is unreadable ({exc}); move {run_dir} away or choose a new --out "
+                "directory"
+            ) from None
+        last = max((r["step"] for r in rows), default=0)
         if last >= steps:
             return "finished"
     return "unfinished"

@@ -192,6 +192,13 @@ RUN_DIRS: dict[str, Case] = {
         2,
         "taken: it is a file",
     ),
+    "compare into a run with damaged metrics": (
+        ["compare", "--algos", "gspo", "--seeds", "0", "--out", "cmp"],
+        {f"cmp/gspo-seed0/{k[4:]}": v for k, v in RUN.items() if k != "run"}
+        | {"cmp/gspo-seed0/metrics.jsonl": b"\xff\n"},
+        2,
+        "metrics.jsonl is unreadable",
+    ),
     "compare garbage run": (
         ["compare", "run"],
         {"run": None, "run/recipe.yaml": "{{{", "run/metrics.jsonl": "xx\n"},
@@ -287,6 +294,7 @@ def workdir(
 def _create(root: Path, files: Files) -> None:
     for name, content in files.items():
         path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         if content is None:
             path.mkdir(parents=True, exist_ok=True)
         elif isinstance(content, bytes):
@@ -310,14 +318,19 @@ def test_refused(case: str, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert_refused(args, workdir, code=code, fragment=fragment)
 
 
-def test_hub_model_not_found_is_exit_2_and_leaves_no_runs_folder(workdir: Path) -> None:
+@pytest.mark.parametrize(
+    "command", [["train"], ["compare", "--algos", "grpo", "--seeds", "0"], ["prepare"], ["check"]]
+)
+def test_hub_model_not_found_is_exit_2_and_leaves_no_runs_folder(
+    workdir: Path, command: list[str]
+) -> None:
     """A hub id that cannot be loaded (offline) is the user's input: exit 2, and not even an
-    empty runs/ is left behind."""
+    empty runs/ (or comparison directory) is left behind."""
     assert_refused(
-        ["train", "--quiet", "--set", "model.name=someorg/nonexistent"],
+        [*command, "--set", "model.name=someorg/nonexistent"],
         workdir,
         code=2,
-        fragment="cannot load",
+        fragment="cannot load model 'someorg/nonexistent'",
     )
 
 
