@@ -959,9 +959,21 @@ def _train_one(planned: PlannedRun, label: str, command: str, quiet: bool) -> No
             "SIGTERM" if exc.exit_code == 143 else "SIGINT",
         ) from None
     except KeyboardInterrupt:
-        raise GspoError(
-            f"aborted by a second interrupt; resume the comparison with: {command}"
-        ) from None
+        raise GspoError(_compare_abort_message(run_dir.parent, command)) from None
+
+
+def _compare_abort_message(out_dir: Path, command: str) -> str:
+    """What a Ctrl-C that stopped a comparison at once left: runs to reuse or resume, or
+    nothing (then the comparison directory, about to be removed if empty, is not named)."""
+    from gspo_cli.checkpoint import FINAL_DIR, complete_checkpoints
+
+    runs = [d for d in out_dir.iterdir() if d.is_dir()] if out_dir.is_dir() else []
+    if any(complete_checkpoints(d) or (d / FINAL_DIR).is_dir() for d in runs):
+        return f"aborted by an interrupt; resume the comparison with: {command}"
+    return (
+        "aborted before the first checkpoint: nothing was saved to resume from; start the "
+        "comparison again"
+    )
 
 
 def _check_same_recipe(run_dir: Path, recipe: Recipe, finished: bool) -> None:

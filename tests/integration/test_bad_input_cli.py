@@ -352,8 +352,9 @@ def test_hub_model_not_found_is_exit_2_and_leaves_no_runs_folder(
     )
 
 
+@pytest.mark.parametrize("command", [["train"], ["compare", "--seeds", "0"]])
 def test_interrupt_during_setup_says_nothing_was_saved(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
 ) -> None:
     """Ctrl-C before the first checkpoint: the message names no directory to resume (the
     empty run directory and runs/ are removed), and says nothing was saved."""
@@ -363,6 +364,6 @@ def test_interrupt_during_setup_says_nothing_was_saved(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, "run", interrupted)
-    output = assert_refused(["train", "--quiet"], workdir, code=1, fragment="nothing was saved")
+    output = assert_refused([*command, "--quiet"], workdir, code=1, fragment="nothing was saved")
     message = message_lines(output)[0]
     assert "--resume" not in message and "runs/" not in message, output
