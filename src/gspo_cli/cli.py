@@ -115,14 +115,19 @@ def _prepare_runtime() -> None:
 
     OpenMP's default busy-wait makes a CPU run many times slower whenever another process
     shares the cores; passive waiting costs nothing measurable when it does not. Both are
-    defaults only: a value already in the environment wins.
+    defaults only: a value already in the environment wins. Every command that calls this
+    may fill the cache (the tiny model, prepared data), so a GSPO_CACHE that cannot be
+    written is refused here, before any work.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
 
+    from gspo_cli.checkpoint import cache_root
+
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    check_output_dir(cache_root(), "the cache", flag="GSPO_CACHE")
 
 
 def _load(recipe: Path | None, overrides: list[str] | None) -> Recipe:

@@ -91,6 +91,8 @@ RECIPES: dict[str, Case] = {
         2,
         "from the standard library",
     ),
+    "model a file": (["train", "--set", "model.name=./f.txt"], {"f.txt": "x"}, 2, "is a file"),
+    "model missing folder": (["check", "--set", "model.name=./gone"], {}, 2, "no such directory"),
     "name escapes runs/": (["train", "--set", "name=../../escape"], {}, 2, "not a plain name"),
     "name absolute": (["train", "--set", "name=/tmp/x"], {}, 2, "not a plain name"),
     "name hidden": (["check", "--set", "name=.hidden"], {}, 2, "not starting with '.'"),
@@ -367,3 +369,15 @@ def test_interrupt_during_setup_says_nothing_was_saved(
     output = assert_refused([*command, "--quiet"], workdir, code=1, fragment="nothing was saved")
     message = message_lines(output)[0]
     assert "--resume" not in message and "runs/" not in message, output
+
+
+@pytest.mark.parametrize(
+    "command", [["prepare"], ["check"], ["train"], ["eval", "run"], ["compare", "--seeds", "0"]]
+)
+def test_cache_that_is_a_file_is_refused(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """GSPO_CACHE naming a file: one line before any work, not a NotADirectoryError."""
+    _create(workdir, RUN | {"cache": "x"})
+    monkeypatch.setenv("GSPO_CACHE", str(workdir / "cache"))
+    assert_refused(command, workdir, code=2, fragment="cannot write the cache")
