@@ -319,7 +319,7 @@ def _train_here(
 ) -> None:
     """Run the training core in this process (one of N under torchrun) and render it."""
     from gspo_cli import train as trainer
-    from gspo_cli.checkpoint import latest_checkpoint, new_run_dir
+    from gspo_cli.checkpoint import new_run_dir
     from gspo_cli.preflight import batch_plan
 
     trainer.preflight(loaded)
@@ -332,7 +332,7 @@ def _train_here(
         checkpoint = None
     else:
         run_dir = resume
-        checkpoint = _on_rank_zero(cluster, lambda: latest_checkpoint(resume, _warn))
+        checkpoint = _on_rank_zero(cluster, lambda: _resume_point(resume))
     processes = f" on {cluster.world_size} processes" if cluster.is_distributed else ""
     console.print(
         f"run [bold]{run_dir}[/]: {loaded.algo.mode}, model {loaded.model.name}, "
@@ -371,6 +371,18 @@ def _train_here(
     table.add_row("wall time", f"{summary.seconds:.0f} s")
     table.add_row("final model", str(summary.run_dir / "final"))
     console.print(table)
+
+
+def _resume_point(run_dir: Path) -> Path:
+    """The checkpoint to resume from; a run without one is the user's input (exit 2), and as a
+    UserError every rank learns of it instead of waiting for rank 0."""
+    from gspo_cli.checkpoint import latest_checkpoint
+    from gspo_cli.errors import CheckpointError
+
+    try:
+        return latest_checkpoint(run_dir, _warn)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _abort_message(run_dir: Path, nproc: str) -> str:

@@ -234,6 +234,12 @@ RUN_DIRS: dict[str, Case] = {
         2,
         "not valid YAML",
     ),
+    "resume a run without a checkpoint": (
+        ["train", "--resume", "run"],
+        RUN,
+        2,
+        "has no complete checkpoint to resume from",
+    ),
     "train --out a file": (["train", "--out", "taken"], {"taken": "x"}, 2, "it is a file"),
     "train --out under a file": (["train", "--out", "t/run"], {"t": "x"}, 2, "t is a file"),
 }
