@@ -244,6 +244,8 @@ def _read_rows(path: Path) -> tuple[dict[int, dict[str, float]], dict[int, float
 
 def load_run(run_dir: Path) -> RunData:
     """Read one finished run, or raise RunProblem saying why it cannot be compared."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunProblem(f"{run_dir}: a file, not a run directory")
     if not run_dir.is_dir():
         raise RunProblem(f"{run_dir}: missing (no such directory)")
     metrics = run_dir / METRICS_FILE

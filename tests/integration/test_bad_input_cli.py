@@ -225,6 +225,12 @@ RUN_DIRS: dict[str, Case] = {
         2,
         "no finished run to compare",
     ),
+    "compare a file as a run": (
+        ["compare", "f.txt", "g.txt"],
+        {"f.txt": "", "g.txt": ""},
+        2,
+        "no finished run",
+    ),
     "compare missing runs": (["compare", "a", "b"], {}, 2, "no finished run to compare"),
     "resume a file": (["train", "--resume", "f.txt"], {"f.txt": "x"}, 2, "not a run directory"),
     "resume an empty folder": (["train", "--resume", "adir"], {"adir": None}, 2, "no recipe.yaml"),
