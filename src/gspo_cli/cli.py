@@ -32,7 +32,13 @@ from rich.table import Table
 from gspo_cli import __version__
 from gspo_cli.cliparse import ListOptionsCommand, OneLineUsageGroup
 from gspo_cli.errors import GspoError, Interrupted, RecipeError, UserError, WatchdogStop
-from gspo_cli.outputs import check_output_dir, first_missing, remove_empty
+from gspo_cli.outputs import (
+    abort_message,
+    check_output_dir,
+    compare_abort_message,
+    first_missing,
+    remove_empty,
+)
 
 if TYPE_CHECKING:
     from gspo_cli.compare import AlgoSummary, PlannedRun
@@ -358,7 +364,7 @@ def _train_here(
                 debug_dump=Path(dump) if dump else None,
             )
     except KeyboardInterrupt:
-        raise GspoError(_abort_message(run_dir, nproc)) from None
+        raise GspoError(abort_message(run_dir, nproc)) from None
     finally:
         if made is not None and cluster.is_main:
             remove_empty(run_dir, made)  # setup failed before anything was written
@@ -383,24 +389,6 @@ def _resume_point(run_dir: Path) -> Path:
         return latest_checkpoint(run_dir, _warn)
     except CheckpointError as exc:
         raise UserError(str(exc)) from None
-
-
-def _abort_message(run_dir: Path, nproc: str) -> str:
-    """What a Ctrl-C that stopped training at once left: a checkpoint to resume from, or
-    nothing (then no directory is named that is about to be removed or holds no checkpoint)."""
-    from gspo_cli.checkpoint import complete_checkpoints
-
-    if complete_checkpoints(run_dir):
-        return (
-            "aborted by an interrupt; the last complete checkpoint is intact. "
-            f"Resume with: gspo train --resume {run_dir}{nproc}"
-        )
-    kept = run_dir.is_dir() and any(run_dir.iterdir())
-    where = f" ({run_dir} holds no checkpoint)" if kept else ""
-    return (
-        f"aborted before the first checkpoint: nothing was saved to resume from{where}; "
-        "start the run again"
-    )
 
 
 def _on_rank_zero(cluster: Cluster, work: Callable[[], T]) -> T:
@@ -976,21 +964,7 @@ def _train_one(planned: PlannedRun, label: str, command: str, quiet: bool) -> No
             "SIGTERM" if exc.exit_code == 143 else "SIGINT",
         ) from None
     except KeyboardInterrupt:
-        raise GspoError(_compare_abort_message(run_dir.parent, command)) from None
-
-
-def _compare_abort_message(out_dir: Path, command: str) -> str:
-    """What a Ctrl-C that stopped a comparison at once left: runs to reuse or resume, or
-    nothing (then the comparison directory, about to be removed if empty, is not named)."""
-    from gspo_cli.checkpoint import FINAL_DIR, complete_checkpoints
-
-    runs = [d for d in out_dir.iterdir() if d.is_dir()] if out_dir.is_dir() else []
-    if any(complete_checkpoints(d) or (d / FINAL_DIR).is_dir() for d in runs):
-        return f"aborted by an interrupt; resume the comparison with: {command}"
-    return (
-        "aborted before the first checkpoint: nothing was saved to resume from; start the "
-        "comparison again"
-    )
+        raise GspoError(compare_abort_message(run_dir.parent, command)) from None
 
 
 def _check_same_recipe(run_dir: Path, recipe: Recipe, finished: bool) -> None:

@@ -4,7 +4,8 @@ A command that will write a directory (`--out`, a run directory, an eval directo
 first that it can: a place that is a file, or lies under a file, or under a directory it
 may not write, is a `UserError` before any data or model is touched. When the command fails
 after creating directories, `remove_empty` takes back the ones it left empty, so a refused
-command leaves nothing behind, not even an empty `runs/`. No torch here.
+command leaves nothing behind, not even an empty `runs/`; a training stopped at once by Ctrl-C
+says what it left (`abort_message`). torch only inside those functions (via checkpoint).
 """
 
 from __future__ import annotations
@@ -70,3 +71,35 @@ def remove_empty(path: Path, created: Path | None) -> None:
             directory.rmdir()  # only ever an empty directory
         except OSError:
             return
+
+
+def abort_message(run_dir: Path, nproc: str) -> str:
+    """What a Ctrl-C that stopped training at once left: a checkpoint to resume from, or
+    nothing (then no directory is named that is about to be removed or holds no checkpoint)."""
+    from gspo_cli.checkpoint import complete_checkpoints
+
+    if complete_checkpoints(run_dir):
+        return (
+            "aborted by an interrupt; the last complete checkpoint is intact. "
+            f"Resume with: gspo train --resume {run_dir}{nproc}"
+        )
+    kept = run_dir.is_dir() and any(run_dir.iterdir())
+    where = f" ({run_dir} holds no checkpoint)" if kept else ""
+    return (
+        f"aborted before the first checkpoint: nothing was saved to resume from{where}; "
+        "start the run again"
+    )
+
+
+def compare_abort_message(out_dir: Path, command: str) -> str:
+    """What a Ctrl-C that stopped a comparison at once left: runs to reuse or resume, or
+    nothing (then the comparison directory, about to be removed if empty, is not named)."""
+    from gspo_cli.checkpoint import FINAL_DIR, complete_checkpoints
+
+    runs = [d for d in out_dir.iterdir() if d.is_dir()] if out_dir.is_dir() else []
+    if any(complete_checkpoints(d) or (d / FINAL_DIR).is_dir() for d in runs):
+        return f"aborted by an interrupt; resume the comparison with: {command}"
+    return (
+        "aborted before the first checkpoint: nothing was saved to resume from; start the "
+        "comparison again"
+    )

@@ -393,3 +393,15 @@ def test_cache_that_is_a_file_is_refused(
     _create(workdir, RUN | {"cache": "x"})
     monkeypatch.setenv("GSPO_CACHE", str(workdir / "cache"))
     assert_refused(command, workdir, code=2, fragment="cannot write the cache")
+
+
+def test_reward_failing_its_probes_in_train_leaves_nothing(workdir: Path) -> None:
+    """`gspo train` probes the rewards once the data is prepared, before the model loads; a
+    reward returning None is exit 2, and the run directory and runs/ are gone again."""
+    _create(workdir, {"mine.py": "def score(completion, reference):\n    return None\n"})
+    assert_refused(
+        ["train", "--quiet", "--set", "reward=mine:score"],
+        workdir,
+        code=2,
+        fragment="returned a NoneType",
+    )
