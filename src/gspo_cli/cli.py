@@ -30,6 +30,7 @@ from rich.progress import (
 from rich.table import Table
 
 from gspo_cli import __version__
+from gspo_cli.cliparse import ListOptionsCommand, OneLineUsageGroup
 from gspo_cli.errors import (
     GspoError,
     Interrupted,
@@ -37,6 +38,14 @@ from gspo_cli.errors import (
     StorageError,
     UserError,
     WatchdogStop,
+)
+from gspo_cli.outputs import (
+    abort_message,
+    check_output_dir,
+    compare_abort_message,
+    first_missing,
+    full_disk_message,
+    remove_empty,
 )
 
 if TYPE_CHECKING:
@@ -52,6 +61,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    cls=OneLineUsageGroup,
 )
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -119,14 +129,19 @@ def _prepare_runtime() -> None:
 
     OpenMP's default busy-wait makes a CPU run many times slower whenever another process
     shares the cores; passive waiting costs nothing measurable when it does not. Both are
-    defaults only: a value already in the environment wins.
+    defaults only: a value already in the environment wins. Every command that calls this
+    may fill the cache (the tiny model, prepared data), so a GSPO_CACHE that cannot be
+    written is refused here, before any work.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
 
+    from gspo_cli.checkpoint import cache_root
+
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    check_output_dir(cache_root(), "the cache", flag="GSPO_CACHE")
 
 
 def _load(recipe: Path | None, overrides: list[str] | None) -> Recipe:
@@ -248,6 +263,8 @@ def train(
     with _user_errors():
         if resume is not None and out is not None:
             raise UserError("--out and --resume exclude each other: --resume writes into RUN_DIR")
+        if out is not None:
+            check_output_dir(out, "the run directory")
         loaded = _load(recipe, set_) if resume is None else _load_for_resume(resume, recipe, set_)
         launched = _torchrun_world_size()  # None: not started by torchrun
         if launched is not None and nproc > 1 and nproc != launched:
@@ -316,17 +333,20 @@ def _train_here(
 ) -> None:
     """Run the training core in this process (one of N under torchrun) and render it."""
     from gspo_cli import train as trainer
-    from gspo_cli.checkpoint import latest_checkpoint, new_run_dir
+    from gspo_cli.checkpoint import new_run_dir
     from gspo_cli.preflight import batch_plan
 
     estimated = _on_rank_zero(cluster, lambda: trainer.preflight(loaded, cluster.world_size))
     view = _TrainView(loaded.train.steps, quiet)
+    made: Path | None = None  # the topmost directory this command creates, removed if empty
     if resume is None:
+        made = first_missing(out if out is not None else Path("runs"))
         run_dir = _on_rank_zero(cluster, lambda: new_run_dir(out, loaded.name))
+        made = made or (run_dir if out is None else None)
         checkpoint = None
     else:
         run_dir = resume
-        checkpoint = _on_rank_zero(cluster, lambda: latest_checkpoint(resume, _warn))
+        checkpoint = _on_rank_zero(cluster, lambda: _resume_point(resume))
     processes = f" on {cluster.world_size} processes" if cluster.is_distributed else ""
     console.print(
         f"run [bold]{run_dir}[/]: {loaded.algo.mode}, model {loaded.model.name}, "
@@ -353,15 +373,12 @@ def _train_here(
                 debug_dump=Path(dump) if dump else None,
             )
     except KeyboardInterrupt:
-        raise GspoError(
-            f"aborted by a second interrupt; the last complete checkpoint is intact. "
-            f"Resume with: gspo train --resume {run_dir}{nproc}"
-        ) from None
+        raise GspoError(abort_message(run_dir, nproc)) from None
     except StorageError as exc:
-        raise StorageError(f"{exc}. {_after_full_disk(run_dir, nproc)}") from None
+        raise StorageError(f"{exc}. {full_disk_message(run_dir, nproc)}") from None
     finally:
-        if resume is None and cluster.is_main and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # setup failed before anything was written
+        if made is not None and cluster.is_main:
+            remove_empty(run_dir, made)  # setup failed before anything was written
     table = Table(title="run finished", show_header=False)
     table.add_row("run directory", str(summary.run_dir))
     table.add_row(
@@ -373,17 +390,16 @@ def _train_here(
     console.print(table)
 
 
-def _after_full_disk(run_dir: Path, nproc: str) -> str:
-    """What a run stopped by a full disk still has, and how to go on."""
-    from gspo_cli.checkpoint import complete_checkpoints
+def _resume_point(run_dir: Path) -> Path:
+    """The checkpoint to resume from; a run without one is the user's input (exit 2), and as a
+    UserError every rank learns of it instead of waiting for rank 0."""
+    from gspo_cli.checkpoint import latest_checkpoint
+    from gspo_cli.errors import CheckpointError
 
-    kept = complete_checkpoints(run_dir) if run_dir.is_dir() else []
-    if not kept:
-        return "No checkpoint had been written; start the run again once there is space"
-    return (
-        f"The last complete checkpoint, {kept[-1].name}, is intact; once there is space, "
-        f"resume with: gspo train --resume {run_dir}{nproc}"
-    )
+    try:
+        return latest_checkpoint(run_dir, _warn)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _on_rank_zero(cluster: Cluster, work: Callable[[], T]) -> T:
@@ -663,17 +679,29 @@ def _batch_table(plan: Any) -> Table:  # a preflight.BatchPlan
 def _show_prompt(tokenizer: Any, example: Any, index: int) -> None:
     """One prepared prompt exactly as the model sees it, each line behind a bar."""
     from gspo_cli.data import render_prompt
+    from gspo_cli.rewards import shown
 
     text = render_prompt(tokenizer, example.prompt)
     tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
     console.print(
         f"prompt {index}, exactly as the model sees it ({tokens} tokens; reference "
-        f"{example.reference!r}):",
+        f"{shown(example.reference, 200)}):",
         highlight=False,
         markup=False,
     )
-    for line in text.split("\n"):
+    for line in _cut(text).split("\n"):
         console.print(f"│ {line}", highlight=False, markup=False)
+
+
+def _cut(text: str, keep: int = 1000) -> str:
+    """`text`, or its first and last `keep` characters around a note of how many were cut.
+
+    >>> _cut("abcdefgh", keep=2)
+    'ab\\n… 4 characters cut …\\ngh'
+    """
+    if len(text) <= 2 * keep:
+        return text
+    return f"{text[:keep]}\n… {len(text) - 2 * keep} characters cut …\n{text[-keep:]}"
 
 
 def _span(values: list[float]) -> str:
@@ -741,7 +769,7 @@ def eval_(
 ) -> None:
     """Evaluate a model: greedy pass@1, and with --samples pass@k and maj@N."""
     with _user_errors():
-        from gspo_cli.evaluate import resolve_target
+        from gspo_cli.evaluate import EVAL_FILE, SAMPLES_FILE, resolve_target
         from gspo_cli.recipe import load_recipe
 
         target = resolve_target(path)
@@ -749,6 +777,9 @@ def eval_(
         overrides = [*(set_ or []), *([f"data.source={data}"] if data else [])]
         loaded = load_recipe(recipe_file, overrides)
         out_dir = out or target.run_dir or _fresh_dir(Path("evals"), Path(target.model).name)
+        check_output_dir(
+            out_dir, "eval.json and samples.jsonl into", files=(EVAL_FILE, SAMPLES_FILE)
+        )
         _prepare_runtime()
         from gspo_cli import evaluate
 
@@ -786,40 +817,7 @@ def _fresh_dir(root: Path, name: str) -> Path:
     return candidate
 
 
-class _ListOptionsCommand(typer.core.TyperCommand):
-    """Lets `--algos gspo grpo` and `--seeds 0 1 2` take several values after one flag.
-
-    Click options take one value per flag; before parsing, the values that follow one of
-    these flags (up to the next option, an existing path or a .yaml file) are given a flag
-    each, so `--algos gspo grpo` reads as `--algos gspo --algos grpo`.
-    """
-
-    list_options = ("--algos", "--seeds")
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # a click Context
-        out: list[str] = []
-        current: str | None = None
-        empty = False  # the flag so far has no value: pass it bare, so click says so
-        for arg in args:
-            if current is not None and not _ends_list(arg):
-                out += [current, arg]
-                empty = False
-                continue
-            if empty:
-                out.append(str(current))
-            current, empty = (arg, True) if arg in self.list_options else (None, False)
-            if current is None:
-                out.append(arg)
-        if empty:
-            out.append(str(current))
-        return super().parse_args(ctx, out)
-
-
-def _ends_list(arg: str) -> bool:
-    return arg.startswith("-") or arg.endswith((".yaml", ".yml")) or Path(arg).exists()
-
-
-@app.command(cls=_ListOptionsCommand)
+@app.command(cls=ListOptionsCommand)
 def compare(
     targets: Annotated[
         list[Path] | None,
@@ -867,6 +865,7 @@ def compare(
             single = len(paths) == 1 and run_dirs != paths
             out_dir = out or (paths[0] if single else _fresh_dir(Path("runs"), "compare"))
             command = "gspo compare " + " ".join(map(str, paths))
+            _check_report_place(out_dir)
         else:
             if len(paths) > 1:
                 raise UserError(
@@ -890,6 +889,12 @@ def compare(
         console.print(_comparison_table(groups))
         console.print(comparing.headline(groups), highlight=False)
         console.print(f"report {report}, plots {out_dir / comparing.SUMMARY_PNG}", highlight=False)
+
+
+def _check_report_place(out_dir: Path) -> None:
+    from gspo_cli.compare import REPORT_FILE, SUMMARY_PNG
+
+    check_output_dir(out_dir, "the comparison into", files=(REPORT_FILE, SUMMARY_PNG))
 
 
 def _are_run_dirs(paths: list[Path]) -> bool:
@@ -933,6 +938,7 @@ def _run_comparison(
     name = str(raw.get("name", "run"))
     out_dir = out or _fresh_dir(Path("runs"), f"compare-{name}")
     planned, notes = comparing.plan_runs(raw, algos, seeds, sets, out_dir, source)
+    _check_report_place(out_dir)
     for note in dict.fromkeys([*notes, *(w for p in planned for w in warnings_for(p.recipe))]):
         _warn(note)
     _prepare_runtime()
@@ -946,8 +952,13 @@ def _run_comparison(
         + [f"--set {s}" for s in sets]
         + ["--out", str(out_dir)]
     )
-    for i, p in enumerate(planned, start=1):
-        _train_one(p, f"{i}/{len(planned)}", command, quiet)
+    made = first_missing(out_dir)
+    try:
+        for i, p in enumerate(planned, start=1):
+            _train_one(p, f"{i}/{len(planned)}", command, quiet)
+    finally:  # a run that failed in its setup leaves no empty directories behind
+        for p in planned:
+            remove_empty(p.run_dir, made or p.run_dir)
     return [p.run_dir for p in planned], out_dir, command
 
 
@@ -991,9 +1002,7 @@ def _train_one(planned: PlannedRun, label: str, command: str, quiet: bool) -> No
             "SIGTERM" if exc.exit_code == 143 else "SIGINT",
         ) from None
     except KeyboardInterrupt:
-        raise GspoError(
-            f"aborted by a second interrupt; resume the comparison with: {command}"
-        ) from None
+        raise GspoError(compare_abort_message(run_dir.parent, command)) from None
 
 
 def _check_same_recipe(run_dir: Path, recipe: Recipe, finished: bool) -> None:

@@ -24,7 +24,14 @@ from typing import Any, Literal
 
 import yaml
 
-from gspo_cli.checkpoint import FINAL_DIR, METRICS_FILE, RECIPE_FILE, write_text_atomic
+from gspo_cli.checkpoint import (
+    CHECKPOINTS_DIR,
+    COMPLETIONS_FILE,
+    FINAL_DIR,
+    METRICS_FILE,
+    RECIPE_FILE,
+    write_text_atomic,
+)
 from gspo_cli.errors import UserError
 from gspo_cli.metrics import read_metrics
 from gspo_cli.recipe import DEFAULT_CLIP, Recipe, apply_override, validate
@@ -116,7 +123,14 @@ def run_state(run_dir: Path, steps: int) -> RunState:
     if not metrics.is_file() and not (run_dir / RECIPE_FILE).is_file():
         return "new"
     if (run_dir / FINAL_DIR).is_dir() and metrics.is_file():
-        last = max((r["step"] for r in _train_rows_lenient(metrics)), default=0)
+        try:
+            rows = _train_rows_lenient(metrics)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(
+                f"{metrics} is unreadable ({exc}); move {run_dir} away or choose a new --out "
+                "directory"
+            ) from None
+        last = max((r["step"] for r in rows), default=0)
         if last >= steps:
             return "finished"
     return "unfinished"
@@ -229,6 +243,8 @@ def _read_rows(path: Path) -> tuple[dict[int, dict[str, float]], dict[int, float
 
 def load_run(run_dir: Path) -> RunData:
     """Read one finished run, or raise RunProblem saying why it cannot be compared."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunProblem(f"{run_dir}: a file, not a run directory")
     if not run_dir.is_dir():
         raise RunProblem(f"{run_dir}: missing (no such directory)")
     metrics = run_dir / METRICS_FILE
@@ -636,7 +652,15 @@ def write_plots(out_dir: Path, groups: Sequence[AlgoSummary]) -> list[Path]:
 
 
 # Files a run directory may hold; an unfinished run with nothing else is safe to clear.
-_RUN_ENTRIES = {METRICS_FILE, RECIPE_FILE, FINAL_DIR, "checkpoints", "eval.json", "samples.jsonl"}
+_RUN_ENTRIES = {
+    RECIPE_FILE,
+    METRICS_FILE,
+    COMPLETIONS_FILE,
+    CHECKPOINTS_DIR,
+    FINAL_DIR,
+    "eval.json",  # evaluate.EVAL_FILE and SAMPLES_FILE: `gspo eval RUN_DIR` writes them there
+    "samples.jsonl",
+}
 
 
 def clear_unfinished(run_dir: Path) -> None:

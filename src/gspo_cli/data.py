@@ -317,8 +317,23 @@ def read_rows(data: DataSection, source: Source) -> dict[Split, list[Row]]:
     if source.kind == "hub":
         return {s: read_hub(source.name, data.config, names[s]) for s in SPLITS}
     if source.files["train"] == source.files["test"]:
-        return _holdout(read_file(source.files["train"][0]))
-    return {s: [row for f in source.files[s] for row in read_file(f)] for s in SPLITS}
+        return _holdout(_local_rows(data, source.files["train"][0]))
+    return {s: [row for f in source.files[s] for row in _local_rows(data, f)] for s in SPLITS}
+
+
+def _local_rows(data: DataSection, path: Path) -> list[Row]:
+    """A local file's records; a null question or answer is refused naming file and record
+    (as text it would become the reference "None")."""
+    rows = read_file(path)
+    fields = [(data.prompt_field, "prompt_field"), (data.answer_field, "answer_field")]
+    for number, row in enumerate(rows, 1):
+        for field, key in fields:
+            if field is not None and field in row and row[field] is None:
+                raise DataError(
+                    f"{path}: record {number} has {field}: null (data.{key}); give it a value "
+                    "or remove the record"
+                )
+    return rows
 
 
 # --- task formats ----------------------------------------------------------------------------
@@ -374,6 +389,11 @@ def _example(data: DataSection, row: Row, where: str) -> Example:
         return Example(with_instruction(text, data.instruction), reference)
     if not isinstance(question, str) or not question.strip():
         raise DataError(f"{where}: field {data.prompt_field!r} is {question!r}, not a question")
+    if answer is None:
+        raise DataError(
+            f"{where}: field {data.answer_field!r} is null, not a reference answer; give it a "
+            "value or remove the record"
+        )
     answer_text = str(answer)
     if data.task == "gsm8k":
         found = gsm8k_reference(answer_text)

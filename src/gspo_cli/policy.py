@@ -59,9 +59,10 @@ def check_model_source(name: str) -> str:
         return name
     looks_local = name.startswith((".", "/", "~")) or Path(name).exists()
     if looks_local and not Path(name).expanduser().is_dir():
+        what = "is a file" if Path(name).expanduser().exists() else "no such directory exists"
         raise ModelError(
-            f"model.name {name!r} looks like a local path but no such directory exists; "
-            "point it at a Hugging Face model directory (with config.json) or use a hub id"
+            f"model.name {name!r} looks like a local path but {what}; point it at a Hugging "
+            "Face model directory (with config.json) or use a hub id"
         )
     return str(Path(name).expanduser()) if looks_local else name
 

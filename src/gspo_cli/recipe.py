@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -302,6 +303,10 @@ RewardSpec = Annotated[
 ]
 
 
+# A run's name becomes a directory name under runs/: no separators, no leading dot.
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
 class Recipe(_Section):
     name: str = Field("run", min_length=1, description="run name; the run directory starts with it")
     seed: int = Field(
@@ -329,6 +334,18 @@ class Recipe(_Section):
         task = section.get("task", "addition") if isinstance(section, dict) else "addition"
         _, _, _, reward = TASK_DEFAULTS.get(task if isinstance(task, str) else "", ("",) * 4)
         return {**data, "reward": reward or "exact"}
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        """A run directory is named after it, so it must stay one plain name under runs/."""
+        if not _NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a plain name: the run directory is named after it, so use "
+                "only letters, digits, '-', '_' and '.', not starting with '.' (e.g. name: "
+                "gsm8k-gspo)"
+            )
+        return value
 
     @field_validator("reward", mode="before")
     @classmethod
@@ -592,6 +609,11 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """The YAML mapping in `path`, or a RecipeError saying why it is not one."""
+    if path.is_dir():
+        raise RecipeError(
+            [f"is a directory; give a recipe YAML file (a run's is {path / 'recipe.yaml'})"],
+            str(path),
+        )
     if not path.is_file():
         raise RecipeError(["no such file; give the path of a recipe YAML file"], str(path))
     try:
@@ -600,6 +622,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise RecipeError([f"not valid YAML{at}: {exc}".splitlines()[0]], str(path)) from None
+    except OSError as exc:
+        raise RecipeError([f"cannot read it ({exc.strerror})"], str(path)) from None
     if data is None:
         raise RecipeError(
             ["the file is empty; write a YAML mapping such as `algo: {mode: gspo}`"], str(path)

@@ -4,6 +4,7 @@ runs the same reward check before the model loads."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,19 @@ def test_every_problem_is_listed_together(tmp_path: Path, monkeypatch: pytest.Mo
     assert "16 prompts do not split evenly over 3 processes" in out, out
     assert f"reward '{spec}' raised KeyError: 'answer' on completion=" in out, out
     assert "prompt 1" not in out, out
+
+
+def test_a_long_prompt_is_shown_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 200,000-character prompt is shown as its first and last 1000 characters around a
+    note of how many were cut, not printed whole."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GSPO_CACHE", str(tmp_path / "cache"))
+    long = "1+" * 100_000 + "1="
+    rows = [{"q": long, "a": "3"}] + [{"q": "1+2=", "a": "3"}] * 11
+    Path("d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sets = ["data.task=custom", "data.source=d.jsonl", "data.prompt_field=q"]
+    args = ["check", *(a for s in [*sets, "data.answer_field=a"] for a in ("--set", s))]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output[-2000:]
+    assert f"… {len(long) - 2000} characters cut …" in result.output, result.output[-3000:]
+    assert len(result.output) < 10_000, len(result.output)

@@ -278,3 +278,57 @@ def test_narrow_terminal_never_cuts_a_number(
     table = result.output.split("GSPO / GRPO comparison", 1)[1].split("leads", 1)[0]
     assert "…" not in table, table
     assert "0.002" in table and "0.2" in table, table  # the two clip fractions, whole
+
+
+def test_run_that_crashed_before_its_first_checkpoint_is_restarted(
+    calls: list[Call], tmp_path: Path
+) -> None:
+    """A run directory holding what a run writes before its first checkpoint (recipe.yaml,
+    metrics.jsonl, completions.jsonl) is cleared and trained again, not refused."""
+    out = tmp_path / "cmp"
+    args = ["compare", "--algos", "gspo", "--seeds", "0", "--out", str(out)]
+    args += ["--set", "train.steps=2", "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    run = out / "gspo-seed0"
+    for child in ("final", "checkpoints"):
+        shutil.rmtree(run / child)
+    (run / "metrics.jsonl").write_text('{"step": 0, "eval_accuracy": 0.25, "eval_n": 4}\n')
+    (run / "completions.jsonl").write_text('{"step": 1, "completion": "12"}\n')
+    calls.clear()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "no complete checkpoint, restarting" in result.output, result.output
+    assert [(c.run_dir, c.resume_from) for c in calls] == [(run, None)]
+    assert not (run / "completions.jsonl").exists(), "the crashed run's files were cleared"
+
+
+@pytest.mark.parametrize("present", [("grpo", "1"), ("gspo", "0")])
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_list_parse_ignores_the_working_directory(
+    calls: list[Call], tmp_path: Path, present: tuple[str, str], kind: str
+) -> None:
+    """A file or folder named like a value of --algos or --seeds does not change the parse:
+    `--algos gspo grpo --seeds 0 1` trains the same four runs."""
+    for name in present:
+        (tmp_path / name).mkdir() if kind == "folder" else (tmp_path / name).write_text("x")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, [*compare_args(out), "--set", "train.steps=1", "-q"])
+    assert result.exit_code == 0, result.output
+    assert [(c.recipe.algo.mode, c.recipe.seed) for c in calls] == [
+        ("gspo", 0),
+        ("gspo", 1),
+        ("grpo", 0),
+        ("grpo", 1),
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "cmp"])
+
+
+def test_recipe_after_the_list_values_is_the_recipe(calls: list[Call], tmp_path: Path) -> None:
+    """`--algos grpo --seeds 3 r.yaml`: the recipe after the values is read as the recipe."""
+    Path("r.yaml").write_text("name: mine\ntrain: {steps: 1}\n")
+    result = runner.invoke(app, ["compare", "--algos", "grpo", "--seeds", "3", "r.yaml", "-q"])
+    assert result.exit_code == 0, result.output
+    assert [(c.recipe.name, c.recipe.algo.mode, c.recipe.seed) for c in calls] == [
+        ("mine", "grpo", 3)
+    ]

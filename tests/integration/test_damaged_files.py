@@ -45,11 +45,14 @@ def two_checkpoints(warm_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -
     return run
 
 
-def refuse_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fragment: str) -> None:
-    """`gspo train --resume run` in tmp_path is refused: exit 1, one line, nothing changed."""
+def refuse_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fragment: str, code: int = 1
+) -> None:
+    """`gspo train --resume run` in tmp_path is refused: one line, nothing changed; exit 2
+    when no checkpoint is left to try (the run directory is the input), else 1."""
     monkeypatch.chdir(tmp_path)
     resume = ["train", "--resume", "run", "--quiet", "--set", "train.steps=3"]
-    assert_refused(resume, tmp_path, code=1, fragment=fragment)
+    assert_refused(resume, tmp_path, code=code, fragment=fragment)
 
 
 def copy_run(run: Path, tmp_path: Path) -> Path:

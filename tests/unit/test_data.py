@@ -371,3 +371,21 @@ def test_render_prompt_turns_qwen3_thinking_off_and_leaves_other_templates_alone
     )
     rendered = data.render_prompt(tokenizer, "1+2=")
     assert rendered == QWEN_HEAD + "1+2=" + QWEN_TAIL + "<think>\n\n</think>\n\n", rendered
+
+
+def test_null_answer_in_a_file_names_file_and_record(tmp_path: Path, char_tokenizer: Any) -> None:
+    """A null answer is refused naming the file and record, not turned into the reference
+    "None" (which a completion "None" would then match)."""
+    rows: list[dict[str, Any]] = [{"q": "1+1", "a": "2"}] * 4 + [{"q": "2+2", "a": None}]
+    source = write_jsonl(tmp_path / "d.jsonl", rows)
+    recipe_data = section(task="custom", source=str(source), prompt_field="q", answer_field="a")
+    with pytest.raises(DataError, match=r"d\.jsonl: record 5 has a: null \(data\.answer_field\)"):
+        prepare(recipe_data, char_tokenizer, model_name="t")
+
+
+def test_null_answer_in_hub_rows_names_split_and_record() -> None:
+    """Rows from any source (a hub dataset too) refuse a null answer, naming the record."""
+    recipe_data = section(task="custom", source="org/set", prompt_field="q", answer_field="a")
+    rows: list[dict[str, Any]] = [{"q": "1+1", "a": "2"}, {"q": "2+2", "a": None}]
+    with pytest.raises(DataError, match="org/set, train record 2: field 'a' is null"):
+        data.examples_from_rows(recipe_data, rows, "train", "org/set")

@@ -299,3 +299,22 @@ def test_null_fields_in_a_resolved_recipe_take_the_new_tasks_defaults() -> None:
     resolved["data"].update(task="gsm8k", source="a/b")
     recipe = validate(resolved)
     assert (recipe.data.prompt_field, recipe.data.answer_field) == ("question", "answer")
+
+
+@pytest.mark.parametrize(
+    "name", ["../../escape", "/abs/path", "a/b", ".hidden", "a b", "..", "x\\y"]
+)
+def test_run_name_must_be_a_plain_name(name: str) -> None:
+    """The run directory is named after the recipe's name, so it cannot leave runs/."""
+    with pytest.raises(RecipeError, match="is not a plain name"):
+        validate({"name": name})
+
+
+@pytest.mark.parametrize("name", ["run", "gsm8k-gspo_v1.2", "0"])
+def test_plain_run_names_are_accepted(name: str) -> None:
+    assert validate({"name": name}).name == name
+
+
+def test_a_directory_is_not_a_recipe(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="is a directory; give a recipe YAML file"):
+        load_recipe(tmp_path)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,3 +128,37 @@ def test_reward_error_is_not_a_user_error() -> None:
         score(_constant(None), "none", ["a"], ["b"])
     assert not isinstance(info.value, UserError)
     assert info.value.exit_code == 1, info.value.exit_code
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("shutil:rmtree", "shutil.rmtree from the standard library"),
+        ("json:dumps", "json.dumps from the standard library"),
+        ("os.path:join", "path.join from the standard library"),
+        ("os:remove", "is a builtin_function_or_method, not a plain Python function"),
+        ("functools:partial", "is a type, not a plain Python function"),
+        ("yaml:dump", "yaml.dump from yaml, a library gspo runs on"),
+        ("gspo_cli.checkpoint:replace_dir", "from gspo_cli, a library gspo runs on"),
+    ],
+)
+def test_user_reward_must_be_a_function_of_the_users_own_code(spec: str, fragment: str) -> None:
+    """A reward is called on every completion and reference, so a standard-library function
+    (which may act on its arguments, as shutil.rmtree does) or any other callable is refused."""
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        get(spec)
+
+
+def test_a_stdlib_function_imported_into_a_user_module_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check reads the function's own module, not the module it is named through."""
+    (tmp_path / "reexports.py").write_text(
+        "from shutil import rmtree\n\ndef own(c, r):\n    return 1.0\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    with pytest.raises(UserError, match=re.escape("shutil.rmtree from the standard library")):
+        get("reexports:rmtree")
+    assert get("reexports:own")("a", "b") == 1.0
+    del sys.modules["reexports"]

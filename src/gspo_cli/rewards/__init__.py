@@ -137,10 +137,64 @@ def _import_reward(spec: str) -> RewardFn:
             f"reward {spec!r}: module {module_name!r} {what} {attribute!r}; name a function "
             "fn(completion: str, reference: str) -> float"
         )
-    problem = signature_problem(fn, spec)
+    problem = origin_problem(fn, spec) or signature_problem(fn, spec)
     if problem is not None:
         raise UserError(problem)
     return fn  # type: ignore[no-any-return]
+
+
+# The libraries gspo itself runs on: their functions act on files, models and tensors
+# (`torch:save` would write a file named after each reference), so none is a reward.
+_LIBRARIES = frozenset(
+    {
+        "torch",
+        "transformers",
+        "datasets",
+        "safetensors",
+        "huggingface_hub",
+        "tokenizers",
+        "numpy",
+        "pyarrow",
+        "typer",
+        "click",
+        "rich",
+        "yaml",
+        "pydantic",
+        "pydantic_core",
+        "matplotlib",
+    }
+)
+
+
+def origin_problem(fn: Callable[..., object], name: str) -> str | None:
+    """Why `fn` is not a user's reward function: it is not a plain Python function (a class, a
+    builtin, a partial) or it comes from the standard library or a library gspo runs on, whose
+    functions (`shutil.rmtree`, `torch.save`) act on their arguments; None when it is a
+    function of the user's own code.
+
+    >>> import shutil; origin_problem(shutil.rmtree, "shutil:rmtree") is not None
+    True
+    >>> origin_problem(exact, "gspo_cli.rewards:exact") is None
+    True
+    """
+    if not inspect.isfunction(fn):
+        return (
+            f"reward {name!r} is a {type(fn).__name__}, not a plain Python function; a reward "
+            "is a def fn(completion: str, reference: str) -> float in your own module"
+        )
+    module = getattr(fn, "__module__", None) or ""
+    top = module.partition(".")[0]
+    if top in sys.stdlib_module_names or top == "builtins":
+        source = "the standard library"
+    elif top in _LIBRARIES or (top == "gspo_cli" and not module.startswith("gspo_cli.rewards")):
+        source = f"{top}, a library gspo runs on"
+    else:
+        return None
+    return (
+        f"reward {name!r} is {module}.{fn.__qualname__} from {source}, not a reward: a reward "
+        "is called on every completion and reference, so name a def fn(completion: str, "
+        "reference: str) -> float of your own module"
+    )
 
 
 def signature_problem(fn: Callable[..., object], name: str) -> str | None:
