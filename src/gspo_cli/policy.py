@@ -84,7 +84,7 @@ def _fix_tokenizer(tokenizer: Any, name: str) -> Any:
     return tokenizer
 
 
-def _load_error(name: str, exc: Exception, path: Path) -> ModelError:
+def load_error(name: str, exc: Exception, path: Path) -> ModelError:
     """One line on why a model or tokenizer did not load: a damaged file of a local
     directory named, else the library's first line (an OSError or ValueError: the name is
     wrong or the hub unreachable). Anything else is a bug and is raised as it is."""
@@ -111,7 +111,7 @@ def load_tokenizer(name: str, announce: Callable[[str], None]) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:
-        raise _load_error(name, exc, Path(path)) from None
+        raise load_error(name, exc, Path(path)) from None
     return _fix_tokenizer(tokenizer, name)
 
 
@@ -126,7 +126,7 @@ def load_policy(
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, device))
     except Exception as exc:
-        raise _load_error(name, exc, Path(path)) from None
+        raise load_error(name, exc, Path(path)) from None
     return model.to(device), _fix_tokenizer(tokenizer, name)
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gspo_cli.errors import ModelError, UserError
+from gspo_cli.errors import UserError
 from gspo_cli.prepare import ContextFit
 from gspo_cli.recipe import Recipe
 
@@ -59,7 +59,7 @@ class ModelShape:
 def model_config(name: str) -> Any:
     """The config of model `name` (an embedded name, a local directory or a hub id), no
     weights; a ModelError when it cannot be read."""
-    from gspo_cli.policy import check_model_source
+    from gspo_cli.policy import check_model_source, load_error
     from gspo_cli.tiny import EMBEDDED_MODELS, tiny_config
 
     if name in EMBEDDED_MODELS:
@@ -69,12 +69,8 @@ def model_config(name: str) -> Any:
     source = check_model_source(name)
     try:
         config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
-            f"cannot read the config of model {name!r} ({first}); if the hub is unreachable "
-            "(offline), download the model elsewhere and set model.name to its local directory"
-        ) from None
+    except Exception as exc:
+        raise load_error(name, exc, Path(source)) from None
     return config.get_text_config()
 
 

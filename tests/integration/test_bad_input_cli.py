@@ -80,7 +80,7 @@ RECIPES: dict[str, Case] = {
         "torch.serialization.save from torch",
     ),
     "reward from gspo itself": (
-        ["train", "--set", "reward=gspo_cli.checkpoint:replace_dir"],
+        ["train", "--set", "reward=gspo_cli.checkpoint:link_final"],
         {},
         2,
         "a library gspo runs on",

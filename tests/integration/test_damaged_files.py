@@ -87,9 +87,8 @@ def test_every_checkpoint_damaged_is_one_line(
     run = copy_run(two_checkpoints, tmp_path)
     for step in ("step_000001", "step_000002"):
         flip_middle_byte(run / "checkpoints" / step / "trainer_state.safetensors")
-    refuse_resume(
-        tmp_path, monkeypatch, "has no intact checkpoint to resume from (all 2 are damaged"
-    )
+    fragment = "has no intact checkpoint to resume from (all 2 are damaged"
+    refuse_resume(tmp_path, monkeypatch, fragment, code=2)
 
 
 class _Payload:
