@@ -215,7 +215,8 @@ def test_ctrl_c_under_nproc_stops_every_rank_after_a_checkpoint(
     (checkpoint,) = complete_checkpoints(run)
     stopped_at = max(r["step"] for r in read_metrics(run / "metrics.jsonl"))
     assert checkpoint.name == f"step_{stopped_at:06d}" and 2 <= stopped_at < 40
-    assert sorted(p.name for p in (checkpoint / "rng").iterdir()) == ["rank0.pt", "rank1.pt"]
+    per_rank = ["rank0.json", "rank0.safetensors", "rank1.json", "rank1.safetensors"]
+    assert sorted(p.name for p in (checkpoint / "rng").iterdir()) == per_rank
 
 
 # A 2-step MoE run on the untrained tiny Qwen3-MoE: 4 prompts × 4 completions, 2 minibatches
