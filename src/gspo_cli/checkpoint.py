@@ -36,6 +36,18 @@ import torch
 from gspo_cli import distributed, safestate
 from gspo_cli.distributed import SINGLE, Cluster
 from gspo_cli.errors import CheckpointError, StorageError, UserError
+from gspo_cli.runfiles import (
+    CHECKPOINTS_DIR,
+    FINAL_DIR,
+    LEGACY_STATE_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    RECIPE_FILE,
+    RUNS_ROOT,
+    STATE_STEM,
+    checkpoint_dir,
+    fresh_dir,
+)
 from gspo_cli.storage import (
     file_hashes,
     hash_mismatch,
@@ -45,36 +57,14 @@ from gspo_cli.storage import (
 )
 from gspo_cli.storage import write_text_atomic as write_text_atomic  # re-exported
 
-RECIPE_FILE = "recipe.yaml"
-METRICS_FILE = "metrics.jsonl"
-COMPLETIONS_FILE = "completions.jsonl"
-FINAL_DIR = "final"
-CHECKPOINTS_DIR = "checkpoints"
-STATE_STEM = "trainer_state"  # trainer_state.json + trainer_state.safetensors
-LEGACY_STATE_FILE = "trainer_state.pt"  # gspo 0.1's pickle; read with weights_only=True
-MANIFEST_FILE = "manifest.json"
-OPTIMIZER_DIR = "optimizer"
-RNG_DIR = "rng"
 STATE_FILES = {STATE_STEM + safestate.JSON_SUFFIX, STATE_STEM + safestate.TENSORS_SUFFIX}
 
 
-def cache_root() -> Path:
-    """Where cached artefacts (the tiny model, prepared data) live: $GSPO_CACHE, else
-    ~/.cache/gspo."""
-    env = os.environ.get("GSPO_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "gspo"
-
-
-def new_run_dir(out: Path | None, name: str, root: Path = Path("runs")) -> Path:
+def new_run_dir(out: Path | None, name: str, root: Path = RUNS_ROOT) -> Path:
     """Create the run directory: `out` if given (it must not hold a run), else a fresh
     `root/<name>-<time>`. Fails with a UserError if it cannot be created or written."""
     if out is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = root / f"{name}-{stamp}"
-        suffix = 1
-        while out.exists():
-            suffix += 1
-            out = root / f"{name}-{stamp}-{suffix}"
+        out = fresh_dir(root, name)
     if (out / METRICS_FILE).exists():
         raise UserError(
             f"{out} already holds a run (it has {METRICS_FILE}); choose a new --out directory, "
@@ -97,10 +87,6 @@ def save_model_dir(model: Any, tokenizer: Any, target: Path) -> None:
     with staged_dir(target, "the model") as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-
-
-def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / CHECKPOINTS_DIR / f"step_{step:06d}"
 
 
 def save_checkpoint(

@@ -47,6 +47,7 @@ from gspo_cli.outputs import (
     full_disk_message,
     remove_empty,
 )
+from gspo_cli.runfiles import EVALS_ROOT, RUNS_ROOT, SUMMARY_PNG, fresh_dir
 
 if TYPE_CHECKING:
     from gspo_cli.compare import AlgoSummary, PlannedRun
@@ -137,7 +138,7 @@ def _prepare_runtime() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
 
-    from gspo_cli.checkpoint import cache_root
+    from gspo_cli.runfiles import cache_root
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
@@ -340,7 +341,7 @@ def _train_here(
     view = _TrainView(loaded.train.steps, quiet)
     made: Path | None = None  # the topmost directory this command creates, removed if empty
     if resume is None:
-        made = first_missing(out if out is not None else Path("runs"))
+        made = first_missing(out if out is not None else RUNS_ROOT)
         run_dir = _on_rank_zero(cluster, lambda: new_run_dir(out, loaded.name))
         made = made or (run_dir if out is None else None)
         checkpoint = None
@@ -428,8 +429,8 @@ def _warn(text: str) -> None:
 
 def _load_for_resume(run_dir: Path, recipe: Path | None, overrides: list[str] | None) -> Recipe:
     """The recipe to resume with, refused if it changes what the checkpoint depends on."""
-    from gspo_cli.checkpoint import RECIPE_FILE
     from gspo_cli.recipe import load_recipe, resume_changes
+    from gspo_cli.runfiles import RECIPE_FILE
 
     saved_path = run_dir / RECIPE_FILE
     if not saved_path.is_file():
@@ -769,14 +770,15 @@ def eval_(
 ) -> None:
     """Evaluate a model: greedy pass@1, and with --samples pass@k and maj@N."""
     with _user_errors():
-        from gspo_cli.evaluate import EVAL_FILE, SAMPLES_FILE, resolve_target
+        from gspo_cli.evaluate import resolve_target
         from gspo_cli.recipe import load_recipe
+        from gspo_cli.runfiles import EVAL_FILE, SAMPLES_FILE
 
         target = resolve_target(path)
         recipe_file = recipe or target.recipe_file
         overrides = [*(set_ or []), *([f"data.source={data}"] if data else [])]
         loaded = load_recipe(recipe_file, overrides)
-        out_dir = out or target.run_dir or _fresh_dir(Path("evals"), Path(target.model).name)
+        out_dir = out or target.run_dir or fresh_dir(EVALS_ROOT, Path(target.model).name)
         check_output_dir(
             out_dir, "eval.json and samples.jsonl into", files=(EVAL_FILE, SAMPLES_FILE)
         )
@@ -803,18 +805,6 @@ def eval_(
         table.add_row("wall time", f"{report.seconds:.1f} s")
         table.add_row("written", f"{report.eval_file}, {report.samples_file.name}")
         console.print(table)
-
-
-def _fresh_dir(root: Path, name: str) -> Path:
-    """`root/<name>-<time>`, not yet existing."""
-    from datetime import datetime
-
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    candidate, suffix = root / f"{name}-{stamp}", 1
-    while candidate.exists():
-        suffix += 1
-        candidate = root / f"{name}-{stamp}-{suffix}"
-    return candidate
 
 
 @app.command(cls=ListOptionsCommand)
@@ -863,7 +853,7 @@ def compare(
                 )
             run_dirs = comparing.expand_targets(paths)
             single = len(paths) == 1 and run_dirs != paths
-            out_dir = out or (paths[0] if single else _fresh_dir(Path("runs"), "compare"))
+            out_dir = out or (paths[0] if single else fresh_dir(RUNS_ROOT, "compare"))
             command = "gspo compare " + " ".join(map(str, paths))
             _check_report_place(out_dir)
         else:
@@ -888,11 +878,11 @@ def compare(
         )
         console.print(_comparison_table(groups))
         console.print(comparing.headline(groups), highlight=False)
-        console.print(f"report {report}, plots {out_dir / comparing.SUMMARY_PNG}", highlight=False)
+        console.print(f"report {report}, plots {out_dir / SUMMARY_PNG}", highlight=False)
 
 
 def _check_report_place(out_dir: Path) -> None:
-    from gspo_cli.compare import REPORT_FILE, SUMMARY_PNG
+    from gspo_cli.runfiles import REPORT_FILE
 
     check_output_dir(out_dir, "the comparison into", files=(REPORT_FILE, SUMMARY_PNG))
 
@@ -936,7 +926,7 @@ def _run_comparison(
     raw = read_yaml(recipe) if recipe is not None else {}
     source = str(recipe) if recipe is not None else "default recipe"
     name = str(raw.get("name", "run"))
-    out_dir = out or _fresh_dir(Path("runs"), f"compare-{name}")
+    out_dir = out or fresh_dir(RUNS_ROOT, f"compare-{name}")
     planned, notes = comparing.plan_runs(raw, algos, seeds, sets, out_dir, source)
     _check_report_place(out_dir)
     for note in dict.fromkeys([*notes, *(w for p in planned for w in warnings_for(p.recipe))]):
@@ -1007,8 +997,8 @@ def _train_one(planned: PlannedRun, label: str, command: str, quiet: bool) -> No
 
 def _check_same_recipe(run_dir: Path, recipe: Recipe, finished: bool) -> None:
     """A run found in the comparison directory must have been trained with this recipe."""
-    from gspo_cli.checkpoint import RECIPE_FILE
     from gspo_cli.recipe import load_recipe, resume_changes
+    from gspo_cli.runfiles import RECIPE_FILE
 
     if not (run_dir / RECIPE_FILE).is_file():
         return

@@ -24,23 +24,24 @@ from typing import Any, Literal
 
 import yaml
 
-from gspo_cli.checkpoint import (
-    CHECKPOINTS_DIR,
-    COMPLETIONS_FILE,
-    FINAL_DIR,
-    METRICS_FILE,
-    RECIPE_FILE,
-    write_text_atomic,
-)
+from gspo_cli.checkpoint import write_text_atomic
 from gspo_cli.errors import UserError
 from gspo_cli.metrics import read_metrics
 from gspo_cli.recipe import DEFAULT_CLIP, Recipe, apply_override, validate
+from gspo_cli.runfiles import (
+    EVAL_FILE,
+    FINAL_DIR,
+    METRICS_FILE,
+    RECIPE_FILE,
+    REPORT_FILE,
+    RUN_FILES,
+    SAMPLES_FILE,
+    SUMMARY_PNG,
+)
 from gspo_cli.storage import write_file_atomic
 
 TRAIN_KEYS = ("reward_mean", "clip_frac", "ratio_mean", "step_s", "tokens_per_s")
 ROUTER_KEY = "router_drift"  # mixture-of-experts runs only: compared when every row has it
-REPORT_FILE = "report.md"
-SUMMARY_PNG = "summary.png"
 FINAL_REWARD_FRACTION = 0.1  # "final reward": mean reward_mean over the last 10% of steps
 
 
@@ -651,16 +652,9 @@ def write_plots(out_dir: Path, groups: Sequence[AlgoSummary]) -> list[Path]:
     return written
 
 
-# Files a run directory may hold; an unfinished run with nothing else is safe to clear.
-_RUN_ENTRIES = {
-    RECIPE_FILE,
-    METRICS_FILE,
-    COMPLETIONS_FILE,
-    CHECKPOINTS_DIR,
-    FINAL_DIR,
-    "eval.json",  # evaluate.EVAL_FILE and SAMPLES_FILE: `gspo eval RUN_DIR` writes them there
-    "samples.jsonl",
-}
+# Files a run directory may hold (a run's own, and what `gspo eval RUN_DIR` writes there); an
+# unfinished run with nothing else is safe to clear.
+_RUN_ENTRIES = {*RUN_FILES, EVAL_FILE, SAMPLES_FILE}
 
 
 def clear_unfinished(run_dir: Path) -> None:

@@ -22,15 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gspo_cli import rewards
-from gspo_cli.checkpoint import (
-    CHECKPOINTS_DIR,
-    FINAL_DIR,
-    MANIFEST_FILE,
-    METRICS_FILE,
-    RECIPE_FILE,
-    damage,
-    write_text_atomic,
-)
+from gspo_cli.checkpoint import damage, write_text_atomic
 from gspo_cli.data import Example, render_prompt
 from gspo_cli.errors import ModelError
 from gspo_cli.policy import generate, load_policy, load_tokenizer, pick_device
@@ -38,10 +30,17 @@ from gspo_cli.prepare import load_task
 from gspo_cli.recipe import Recipe
 from gspo_cli.resources import context_fit
 from gspo_cli.rewards import RewardFn
+from gspo_cli.runfiles import (
+    CHECKPOINTS_DIR,
+    EVAL_FILE,
+    FINAL_DIR,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    RECIPE_FILE,
+    SAMPLES_FILE,
+)
 
 EVAL_BATCH_SIZE = 256  # prompts (rows) per generate call, the same in training and `gspo eval`
-EVAL_FILE = "eval.json"
-SAMPLES_FILE = "samples.jsonl"
 
 Progress = Callable[[int, int], None]  # (completions done, completions in all)
 

@@ -107,7 +107,8 @@ def full_disk_message(run_dir: Path, nproc: str) -> str:
 def compare_abort_message(out_dir: Path, command: str) -> str:
     """What a Ctrl-C that stopped a comparison at once left: runs to reuse or resume, or
     nothing (then the comparison directory, about to be removed if empty, is not named)."""
-    from gspo_cli.checkpoint import FINAL_DIR, complete_checkpoints
+    from gspo_cli.checkpoint import complete_checkpoints
+    from gspo_cli.runfiles import FINAL_DIR
 
     runs = [d for d in out_dir.iterdir() if d.is_dir()] if out_dir.is_dir() else []
     if any(complete_checkpoints(d) or (d / FINAL_DIR).is_dir() for d in runs):

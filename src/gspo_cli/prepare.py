@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from gspo_cli.checkpoint import cache_root
 from gspo_cli.data import (
     HOLDOUT_PERCENT,
     SPLITS,
@@ -37,6 +36,7 @@ from gspo_cli.data import (
 )
 from gspo_cli.errors import DataError
 from gspo_cli.recipe import DataSection
+from gspo_cli.runfiles import cache_root
 from gspo_cli.storage import replace_dir, writing
 
 Progress = Callable[[str, int, int], None]  # (split, rows done, rows in the split)

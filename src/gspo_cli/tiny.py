@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gspo_cli.checkpoint import cache_root
 from gspo_cli.data import Example
+from gspo_cli.runfiles import cache_root
 from gspo_cli.storage import file_hashes, hash_mismatch, staged_dir
 
 TINY_MODEL_NAME = "tiny-qwen3"

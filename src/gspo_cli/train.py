@@ -39,18 +39,7 @@ from typing import Any
 import torch
 
 from gspo_cli import distributed, microbatch, resources, rewards, routing, safestate
-from gspo_cli.checkpoint import (
-    COMPLETIONS_FILE,
-    METRICS_FILE,
-    OPTIMIZER_DIR,
-    RECIPE_FILE,
-    RNG_DIR,
-    STATE_STEM,
-    checkpoint_dir,
-    link_final,
-    load_trainer_state,
-    save_checkpoint,
-)
+from gspo_cli.checkpoint import link_final, load_trainer_state, save_checkpoint
 from gspo_cli.data import Example
 from gspo_cli.distributed import SINGLE, Cluster
 from gspo_cli.errors import CheckpointError, Interrupted, TrainingError, UserError, WatchdogStop
@@ -64,6 +53,15 @@ from gspo_cli.prepare import load_task
 from gspo_cli.recipe import Recipe, check_world_size
 from gspo_cli.resources import MemoryEstimate, context_fit
 from gspo_cli.rollout import RolloutBatch, collect
+from gspo_cli.runfiles import (
+    COMPLETIONS_FILE,
+    METRICS_FILE,
+    OPTIMIZER_DIR,
+    RECIPE_FILE,
+    RNG_DIR,
+    STATE_STEM,
+    checkpoint_dir,
+)
 from gspo_cli.scoring import LogProbModel, causal_lm, completion_logprobs, support
 from gspo_cli.seeding import derive
 from gspo_cli.storage import write_text_atomic

@@ -15,14 +15,8 @@ import pytest
 import torch
 
 from gspo_cli import safestate, tiny
-from gspo_cli.checkpoint import (
-    LEGACY_STATE_FILE,
-    MANIFEST_FILE,
-    STATE_FILES,
-    STATE_STEM,
-    complete_checkpoints,
-    damage,
-)
+from gspo_cli.checkpoint import STATE_FILES, complete_checkpoints, damage
+from gspo_cli.runfiles import LEGACY_STATE_FILE, MANIFEST_FILE, STATE_STEM
 from gspo_cli.storage import file_hashes
 
 from cli_runs import SMALL, run_cli, train

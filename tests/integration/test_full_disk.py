@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from gspo_cli.checkpoint import MANIFEST_FILE, complete_checkpoints, damage
+from gspo_cli.checkpoint import complete_checkpoints, damage
 from gspo_cli.errors import StorageError
 from gspo_cli.metrics import MetricsWriter
+from gspo_cli.runfiles import MANIFEST_FILE
 
 from cli_runs import SMALL, cli_env, run_cli, train, write_fake_run
 from refusals import message_lines

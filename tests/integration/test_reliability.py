@@ -15,11 +15,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from gspo_cli import train as trainer
-from gspo_cli.checkpoint import MANIFEST_FILE, complete_checkpoints, new_run_dir
+from gspo_cli.checkpoint import complete_checkpoints, new_run_dir
 from gspo_cli.errors import TrainingError
 from gspo_cli.losses import LossStats
 from gspo_cli.metrics import read_metrics
 from gspo_cli.recipe import load_recipe
+from gspo_cli.runfiles import MANIFEST_FILE
 
 from cli_runs import SMALL, cli_args, cli_env, run_cli, train, without_timing
 

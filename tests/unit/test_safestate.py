@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from gspo_cli import safestate
-from gspo_cli.checkpoint import LEGACY_STATE_FILE, STATE_STEM, load_trainer_state
+from gspo_cli.checkpoint import load_trainer_state
 from gspo_cli.errors import CheckpointError
+from gspo_cli.runfiles import LEGACY_STATE_FILE, STATE_STEM
 
 
 def _optimiser_after_two_steps() -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:

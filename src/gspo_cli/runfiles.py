@@ -1,0 +1,63 @@
+"""Where gspo puts things: every run-directory name, output root and cache path, in one place.
+
+```
+runs/<name>-<YYYYmmdd-HHMMSS>/       RUNS_ROOT, a fresh_dir
+  recipe.yaml  metrics.jsonl  completions.jsonl  eval.json  samples.jsonl
+  checkpoints/step_000400/           checkpoint_dir(run, 400): the model, trainer_state.*,
+                                     optimizer/ and rng/ (N processes), manifest.json
+  final/
+runs/compare-<name>-<time>/          a comparison: its runs, report.md, summary.png, plots
+evals/<model>-<time>/                `gspo eval` of a model that is not a run
+$GSPO_CACHE (~/.cache/gspo)/         cache_root(): the embedded models, prepared/
+```
+Plain names and paths only: importing this module loads nothing heavy.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+RECIPE_FILE = "recipe.yaml"
+METRICS_FILE = "metrics.jsonl"
+COMPLETIONS_FILE = "completions.jsonl"
+FINAL_DIR = "final"
+CHECKPOINTS_DIR = "checkpoints"
+STATE_STEM = "trainer_state"  # trainer_state.json + trainer_state.safetensors
+LEGACY_STATE_FILE = "trainer_state.pt"  # gspo 0.1's pickle; read with weights_only=True
+MANIFEST_FILE = "manifest.json"
+OPTIMIZER_DIR = "optimizer"
+RNG_DIR = "rng"
+EVAL_FILE = "eval.json"
+SAMPLES_FILE = "samples.jsonl"
+REPORT_FILE = "report.md"
+SUMMARY_PNG = "summary.png"
+
+# What a training run writes at its top level (a comparison clears exactly these when it
+# restarts a run that crashed before its first checkpoint).
+RUN_FILES = (RECIPE_FILE, METRICS_FILE, COMPLETIONS_FILE, CHECKPOINTS_DIR, FINAL_DIR)
+
+RUNS_ROOT = Path("runs")
+EVALS_ROOT = Path("evals")
+
+
+def cache_root() -> Path:
+    """Where cached artefacts (the tiny model, prepared data) live: $GSPO_CACHE, else
+    ~/.cache/gspo."""
+    env = os.environ.get("GSPO_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "gspo"
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS_DIR / f"step_{step:06d}"
+
+
+def fresh_dir(root: Path, name: str) -> Path:
+    """`root/<name>-<YYYYmmdd-HHMMSS>`, with `-2`, `-3`, ... when that exists already."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate, suffix = root / f"{name}-{stamp}", 1
+    while candidate.exists():
+        suffix += 1
+        candidate = root / f"{name}-{stamp}-{suffix}"
+    return candidate
