@@ -360,7 +360,6 @@ def _train_here(
     def announce(text: str) -> None:
         view.progress.console.print(f"[cyan]{text}[/]", highlight=False)
 
-    dump = os.environ.get("GSPO_DEBUG_DUMP")
     nproc = f" --nproc {cluster.world_size}" if cluster.is_distributed else ""
     try:
         with view.progress:
@@ -371,7 +370,6 @@ def _train_here(
                 announce=announce,
                 resume_from=checkpoint,
                 cluster=cluster,
-                debug_dump=Path(dump) if dump else None,
             )
     except KeyboardInterrupt:
         raise GspoError(abort_message(run_dir, nproc)) from None

@@ -41,7 +41,6 @@ class RolloutBatch:
     advantages: torch.Tensor  # [N]
     old_logprobs: torch.Tensor  # [N, T] log π_old, fixed for every minibatch and epoch
     ref_logprobs: torch.Tensor | None  # [N, T] frozen reference, only when kl_beta > 0
-    sampled_by: torch.Tensor | None = None  # [N] rank that sampled each row (None: one process)
     # [N, P+T, L, k] experts π_old chose per (row, column, MoE layer); None for a dense model
     old_experts: torch.Tensor | None = None
 
@@ -124,10 +123,10 @@ def collect(
             )  # [n, T]
         done = time.perf_counter()
 
-    gen, old, ref, sampled_by, old_experts = _gather(
+    gen, old, ref, old_experts = _gather(
         cluster, gen, old, ref, tokenizer.pad_token_id, old_experts
     )
-    batch = RolloutBatch(gen, rewards, advantages.to(old.device), old, ref, sampled_by, old_experts)
+    batch = RolloutBatch(gen, rewards, advantages.to(old.device), old, ref, old_experts)
     timings = distributed.max_floats(
         cluster,
         {
@@ -179,13 +178,13 @@ def _gather(
     ref: torch.Tensor | None,
     pad_id: int,
     experts: torch.Tensor | None = None,
-) -> tuple[Generation, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+) -> tuple[Generation, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Every rank's rows in rank order, re-padded to the widest prompt and completion: the
-    tensors one process would have produced for the whole batch. Also which rank sampled
-    each row (None in one process). π_old's `experts` `[n, P+T, L, k]` are re-padded like
-    the input ids (with `NO_EXPERT`), so they stay in the gathered batch's column layout."""
+    tensors one process would have produced for the whole batch. π_old's `experts`
+    `[n, P+T, L, k]` are re-padded like the input ids (with `NO_EXPERT`), so they stay in the
+    gathered batch's column layout."""
     if not cluster.is_distributed:
-        return gen, old, ref, None, experts
+        return gen, old, ref, experts
     t = gen.completion_mask.shape[1]
     p = gen.input_ids.shape[1] - t
     wide_p, wide_t = distributed.max_int(cluster, p), distributed.max_int(cluster, t)
@@ -205,12 +204,10 @@ def _gather(
         truncated=distributed.gather_rows(cluster, gen.truncated.to(torch.uint8)).bool(),  # [N]
         texts=[text for part in distributed.gather_objects(cluster, gen.texts) for text in part],
     )
-    own = torch.full((len(gen.texts),), cluster.rank, device=old.device)  # [n]
     return (
         whole,
         completions(old),  # [N, T]
         completions(ref) if ref is not None else None,  # [N, T]
-        distributed.gather_rows(cluster, own),  # [N]
         # [N, P+T, L, k], sent as int32: gloo has no int16 collectives
         None if experts is None else rows(experts.int(), routing.NO_EXPERT).to(experts.dtype),
     )

@@ -417,12 +417,10 @@ def run(
     announce: Callable[[str], None] = print,
     resume_from: Path | None = None,
     cluster: Cluster = SINGLE,
-    debug_dump: Path | None = None,
 ) -> TrainSummary:
     """Train `recipe`'s policy, writing metrics, checkpoints and the final model into
     `run_dir`; with `resume_from`, continue from that checkpoint. Under torchrun, every
-    rank calls this with its `cluster`; only rank 0 writes. `debug_dump`: each rank saves
-    its view of the final weights and which prompts it sampled there (for tests)."""
+    rank calls this with its `cluster`; only rank 0 writes."""
     started = time.perf_counter()
     check_world_size(recipe, cluster.world_size)
     random.seed(recipe.seed)
@@ -463,7 +461,6 @@ def run(
     if cluster.is_main:
         write_text_atomic(run_dir / RECIPE_FILE, recipe.to_yaml())  # only once setup succeeded
     share = cluster.share(recipe.rollout.prompts_per_step)  # this rank's prompts of each step
-    sampled: list[dict[str, Any]] = []  # for debug_dump: which prompts this rank sampled
 
     def checkpoint(step: int) -> Path:
         state: dict[str, Any] = {"step": step, "prompts_used": prompts_used}
@@ -514,8 +511,6 @@ def run(
                 step=step,
                 cluster=cluster,
             )
-            if debug_dump is not None:
-                sampled.append(_sampled_record(step, indices, share, batch))
             update_stats, outcomes = update(
                 policy, optimizer, scheduler, batch, recipe, step, cluster, meter
             )
@@ -565,8 +560,6 @@ def run(
 
     if cluster.is_main:
         link_final(checkpoint_dir(run_dir, recipe.train.steps), run_dir)
-    if debug_dump is not None:
-        _dump(debug_dump, policy, sampled, cluster)
     return TrainSummary(
         run_dir, recipe.train.steps, first_accuracy, last_accuracy, time.perf_counter() - started
     )
@@ -698,27 +691,3 @@ def _nproc_flag(cluster: Cluster) -> str:
 
 def _first(names: list[str | None]) -> str:
     return next((n for n in names if n is not None), "SIGINT")
-
-
-def _sampled_record(
-    step: int, indices: list[int], share: range, batch: RolloutBatch
-) -> dict[str, Any]:
-    by = batch.sampled_by
-    return {
-        "step": step,
-        "prompts": indices,  # the step's example indices, in global row order
-        "mine": indices[share.start : share.stop],
-        "sampled_by": [0] * len(batch.rewards) if by is None else by.tolist(),  # rank per row
-    }
-
-
-def _dump(
-    directory: Path, policy: LogProbModel, sampled: list[dict[str, Any]], cluster: Cluster
-) -> None:
-    """`directory/rank{r}.pt`: this rank's whole weights as it gathers them for generation,
-    and the prompts it sampled. For checking a distributed run (GSPO_DEBUG_DUMP)."""
-    with distributed.unsharded(policy):
-        weights = {k: v.detach().cpu().clone() for k, v in causal_lm(policy).named_parameters()}
-    directory.mkdir(parents=True, exist_ok=True)
-    record = {"rank": cluster.rank, "world_size": cluster.world_size, "weights": weights}
-    torch.save(record | {"steps": sampled}, directory / f"rank{cluster.rank}.pt")

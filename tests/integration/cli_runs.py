@@ -37,8 +37,14 @@ TIMING_KEYS = {
 }
 
 
-def cli_args(*args: str, sets: tuple[str, ...] = ()) -> list[str]:
-    command = [sys.executable, "-m", "gspo_cli", *args]
+DUMP_WORKER = Path(__file__).with_name("dump_worker.py")
+
+
+def cli_args(*args: str, sets: tuple[str, ...] = (), dump: Path | None = None) -> list[str]:
+    """The command line of `gspo ARGS --set ...`; with `dump`, through `dump_worker.py`,
+    which saves each rank's final weights and sampled prompts there."""
+    start = ["-m", "gspo_cli"] if dump is None else [str(DUMP_WORKER), str(dump)]
+    command = [sys.executable, *start, *args]
     for s in sets:
         command += ["--set", s]
     return command
@@ -52,13 +58,12 @@ def run_cli(
     *args: str, sets: tuple[str, ...] = (), dump: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`gspo ARGS --set ...` in a subprocess; returns the finished process. With `dump`, the
-    run writes its debug dump (GSPO_DEBUG_DUMP) there."""
-    env = cli_env() | ({"GSPO_DEBUG_DUMP": str(dump)} if dump is not None else {})
+    run goes through `dump_worker.py`, which saves what the distributed tests compare there."""
     return subprocess.run(
-        cli_args(*args, sets=sets),
+        cli_args(*args, sets=sets, dump=dump),
         capture_output=True,
         text=True,
-        env=env,
+        env=cli_env(),
         timeout=300,
         check=False,
     )
@@ -73,12 +78,10 @@ def torchrun(
     nproc: int, *args: str, sets: tuple[str, ...] = (), dump: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`torchrun --standalone --nproc_per_node N -m gspo_cli ARGS --set ...` on CPU (gloo),
-    one thread per process; with `dump`, every rank writes its debug dump there."""
+    one thread per process; with `dump`, every rank saves its dump there (`dump_worker.py`)."""
     env = {**cli_env(), "OMP_NUM_THREADS": "1"}
-    if dump is not None:
-        env["GSPO_DEBUG_DUMP"] = str(dump)
-    module = cli_args(*args, sets=sets)[1:]  # -m gspo_cli ARGS
-    return run_torchrun(nproc, module, env)
+    target = cli_args(*args, sets=sets, dump=dump)[1:]  # -m gspo_cli ARGS, or the worker's
+    return run_torchrun(nproc, target, env)
 
 
 def run_torchrun(

@@ -31,7 +31,7 @@ def main() -> None:
         )
         experts = ids[:, :, None, None].expand(n, p + t, 3, 2).to(torch.int16)  # [n, P+T, 3, 2]
         old = torch.zeros(n, t)
-        whole, _, _, _, gathered = rollout._gather(cluster, gen, old, None, NO_EXPERT, experts)
+        whole, _, _, gathered = rollout._gather(cluster, gen, old, None, NO_EXPERT, experts)
         assert gathered is not None and gathered.dtype == torch.int16
         assert gathered.shape == (2 * n, 5 + 5, 3, 2), gathered.shape
         want = whole.input_ids[:, :, None, None].expand_as(gathered)
