@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from gspo_cli import train as trainer
+from gspo_cli import update as updating
 from gspo_cli.checkpoint import complete_checkpoints, new_run_dir
 from gspo_cli.errors import TrainingError
 from gspo_cli.losses import LossStats
@@ -146,14 +147,14 @@ def test_resume_of_something_that_is_not_a_run(tmp_path: Path) -> None:
 def _nan_on_calls(monkeypatch: pytest.MonkeyPatch, bad: Callable[[int], bool]) -> None:
     """Make the minibatch loss non-finite on the optimiser steps (1-based) where `bad` holds."""
     calls = [0]
-    real = trainer.accumulate_gradients
+    real = updating.accumulate_gradients
 
     def flaky(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, LossStats]:
         loss, kl, stats = real(*args, **kwargs)
         calls[0] += 1
         return (loss * math.nan if bad(calls[0]) else loss), kl, stats
 
-    monkeypatch.setattr(trainer, "accumulate_gradients", flaky)
+    monkeypatch.setattr(updating, "accumulate_gradients", flaky)
 
 
 def _tiny_recipe(model_dir: Path, *sets: str) -> Any:

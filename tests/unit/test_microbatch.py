@@ -13,7 +13,7 @@ from gspo_cli.policy import generate, load_policy
 from gspo_cli.recipe import load_recipe
 from gspo_cli.rollout import RolloutBatch
 from gspo_cli.scoring import batched_logprobs, completion_logprobs
-from gspo_cli.train import accumulate_gradients
+from gspo_cli.update import accumulate_gradients
 
 # Four rows, P = 4 prompt columns (left-padded), T = 3 completion columns (right-padded).
 # real prompt lengths 4, 1, 2, 3; completion lengths 3, 1, 2, 1

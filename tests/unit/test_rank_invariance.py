@@ -22,7 +22,7 @@ from gspo_cli.recipe import check_world_size, load_recipe
 from gspo_cli.rollout import RolloutBatch
 from gspo_cli.scoring import LogProbModel, completion_logprobs
 from gspo_cli.seeding import derive
-from gspo_cli.train import _idle_pass, accumulate_gradients, minibatch_order
+from gspo_cli.update import _idle_pass, accumulate_gradients, minibatch_order
 
 CPU = torch.device("cpu")
 
