@@ -213,16 +213,20 @@ def run_gspo(
         else:
             clock.skip()
 
-    # CPU time of the rollout (sampling, scoring, π_old) and of the updates (timing only)
-    collect, update = train.collect, train.update
-    train.collect = timed(cpu, "rollout_cpu_s", collect, time.process_time)
+    # CPU time of the rollout (sampling and π_old, then scoring) and of the updates (timing
+    # only); the rollout's two stages are added up per step below
+    sample, score, update = train.sample, train.score_samples, train.update
+    train.sample = timed(cpu, "sample_cpu_s", sample, time.process_time)
+    train.score_samples = timed(cpu, "score_cpu_s", score, time.process_time)
     train.update = timed(cpu, "update_cpu_s", update, time.process_time)
     with tempfile.TemporaryDirectory(prefix="bench-gspo-") as tmp:
         run_dir = Path(tmp)
         try:
             train.run(recipe, run_dir, on_row=on_row, announce=lambda _: None)
         finally:
-            train.collect, train.update = collect, update
+            train.sample, train.score_samples, train.update = sample, score, update
+        stages = zip(cpu.pop("sample_cpu_s"), cpu.pop("score_cpu_s"), strict=True)
+        cpu["rollout_cpu_s"] = [a + b for a, b in stages]
         rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "step_s" in r]
         end_acc = _end_accuracy(lambda: load_start(run_dir / "final"), settings)
     return {
@@ -316,8 +320,8 @@ def trl_dataset(steps: int, seed: int, tokenizer: Any, settings: Settings = SETT
 
     from datasets import Dataset
 
+    from gspo_cli.bookkeeping import prompt_stream
     from gspo_cli.data import render_prompt
-    from gspo_cli.train import prompt_stream
 
     train = task_examples("train", settings)
     count = steps * settings["prompts_per_step"]

@@ -1,8 +1,11 @@
-"""One rollout batch: sample G completions per prompt, score them, and fix π_old.
+"""One rollout batch: sample G completions per prompt, fix π_old, score them, and put the
+step's batch together.
 
-Everything here runs without gradients. The returned `RolloutBatch` holds what the
-update needs (sequences, masks, advantages, π_old and reference log-probs); the
-`RolloutStats` hold what the metrics row needs.
+`sample` → `score_samples` → (`losses.group_advantages`) → `assemble`, the stages
+`train.run` calls in order (`collect` chains them in one call). Everything here runs
+without gradients. The returned `RolloutBatch` holds what the update needs (sequences,
+masks, advantages, π_old and reference log-probs); the `RolloutStats` hold what the
+metrics row needs.
 
 Across N processes each rank samples its own share of the prompts (all G completions of
 each), then the pieces are gathered, so every rank returns the same, whole batch: the
@@ -64,27 +67,39 @@ class RolloutStats:
         return self.sample_s + self.score_s + self.old_logprob_s
 
 
+@dataclass(frozen=True)
+class Samples:
+    """This rank's share of a step before scoring: its G completions per prompt and their
+    log-probs under π_old (the policy that sampled them) and the reference."""
+
+    gen: Generation  # n = its prompts × G rows
+    old_logprobs: torch.Tensor  # [n, T]
+    ref_logprobs: torch.Tensor | None  # [n, T], only when kl_beta > 0
+    old_experts: torch.Tensor | None  # [n, P+T, L, k] π_old's expert choices (MoE), else None
+    sample_s: float
+    old_logprob_s: float
+
+
 @torch.no_grad()
-def collect(
+def sample(
     policy: Any,
     ref_policy: Any | None,
     tokenizer: Any,
     examples: list[Example],
-    reward_fn: RewardFn,
     recipe: Recipe,
     step: int = 0,
     cluster: Cluster = SINGLE,
-) -> tuple[RolloutBatch, RolloutStats]:
-    """Sample, score and compute advantages and π_old log-probs for one rollout step.
-
-    `examples` are this rank's share of the step's prompts (all of them in one process);
-    `step` seeds the sampling. The batch returned is the whole step's, on every rank.
-    """
+) -> Samples:
+    """G completions of each of this rank's `examples` with the current policy, which is
+    π_old for the step, and their log-probs under π_old (from the sampling pass itself when
+    that is exact, else a separate forward that also records MoE routing) and the reference.
+    Completion row i of the step is sampled with seed `derive(seed, "sample", step, i)`."""
     g, temperature = recipe.rollout.group_size, recipe.rollout.temperature
     started = time.perf_counter()
     first_row = cluster.rank * len(examples) * g  # this share's first row in the whole batch
     seeds = [derive(recipe.seed, "sample", step, first_row + i) for i in range(len(examples) * g)]
     prompts = [render_prompt(tokenizer, e.prompt) for e in examples for _ in range(g)]
+    budget, chunk = recipe.train.microbatch_tokens, recipe.train.logprob_chunk_tokens
     with distributed.unsharded(policy, ref_policy):
         gen = generate(
             causal_lm(policy),
@@ -96,15 +111,6 @@ def collect(
             seeds=seeds,
         )
         sampled = time.perf_counter()
-
-        references = [e.reference for e in examples for _ in range(g)]
-        label = reward_label(recipe.reward_terms)
-        local_rewards = torch.tensor(score(reward_fn, label, gen.texts, references))  # [n]
-        rewards = distributed.gather_rows(cluster, local_rewards)  # [N]
-        advantages, zero_std_frac = group_advantages(rewards, g, scale=recipe.algo.advantage_scale)
-        scored = time.perf_counter()
-
-        budget, chunk = recipe.train.microbatch_tokens, recipe.train.logprob_chunk_tokens
         old_experts, around = _routing_recorder(policy, gen)
         old = gen.logprobs  # [n, T] from sampling itself, when that is exact enough
         if old is None or around is not None:  # a separate π_old forward (records MoE routing)
@@ -121,20 +127,51 @@ def collect(
             ref = batched_logprobs(
                 ref_policy, gen, temperature=temperature, max_tokens=budget, chunk_tokens=chunk
             )  # [n, T]
-        done = time.perf_counter()
+    return Samples(gen, old, ref, old_experts, sampled - started, time.perf_counter() - sampled)
 
+
+def score_samples(
+    samples: Samples,
+    examples: list[Example],
+    reward_fn: RewardFn,
+    recipe: Recipe,
+    cluster: Cluster = SINGLE,
+) -> tuple[torch.Tensor, float]:
+    """The reward of every completion of the step, `[N]` in row order on every rank (each
+    rank scores its own rows), and the seconds this rank's scoring took."""
+    started = time.perf_counter()
+    g = recipe.rollout.group_size
+    references = [e.reference for e in examples for _ in range(g)]
+    label = reward_label(recipe.reward_terms)
+    mine = torch.tensor(score(reward_fn, label, samples.gen.texts, references))  # [n]
+    return distributed.gather_rows(cluster, mine), time.perf_counter() - started  # [N]
+
+
+def assemble(
+    samples: Samples,
+    rewards: torch.Tensor,
+    advantages: torch.Tensor,
+    zero_std_frac: float,
+    score_s: float,
+    pad_id: int,
+    cluster: Cluster = SINGLE,
+) -> tuple[RolloutBatch, RolloutStats]:
+    """The whole step's batch on every rank (each rank's rows gathered, re-padded to the
+    widest) with its `rewards` and `advantages` `[N]`, and the step's rollout figures."""
     gen, old, ref, old_experts = _gather(
-        cluster, gen, old, ref, tokenizer.pad_token_id, old_experts
+        cluster,
+        samples.gen,
+        samples.old_logprobs,
+        samples.ref_logprobs,
+        pad_id,
+        samples.old_experts,
     )
     batch = RolloutBatch(gen, rewards, advantages.to(old.device), old, ref, old_experts)
-    timings = distributed.max_floats(
-        cluster,
-        {
-            "sample_s": sampled - started,
-            "score_s": scored - sampled,
-            "old_logprob_s": done - scored,
-        },
-    )
+    timings = {
+        "sample_s": samples.sample_s,
+        "score_s": score_s,
+        "old_logprob_s": samples.old_logprob_s,
+    }
     lengths = gen.completion_mask.sum(dim=1)  # [N]
     stats = RolloutStats(
         reward_mean=rewards.mean().item(),
@@ -144,9 +181,29 @@ def collect(
         completion_len_max=int(lengths.max().item()),
         truncated_frac=gen.truncated.float().mean().item(),
         completion_tokens=int(lengths.sum().item()),
-        **timings,
+        **distributed.max_floats(cluster, timings),  # the slowest rank sets the pace
     )
     return batch, stats
+
+
+def collect(
+    policy: Any,
+    ref_policy: Any | None,
+    tokenizer: Any,
+    examples: list[Example],
+    reward_fn: RewardFn,
+    recipe: Recipe,
+    step: int = 0,
+    cluster: Cluster = SINGLE,
+) -> tuple[RolloutBatch, RolloutStats]:
+    """One rollout step in one call, the stages `train.run` spells out: sample, score,
+    group advantages, assemble."""
+    samples = sample(policy, ref_policy, tokenizer, examples, recipe, step, cluster)
+    rewards, score_s = score_samples(samples, examples, reward_fn, recipe, cluster)
+    scale = recipe.algo.advantage_scale
+    advantages, zero_std = group_advantages(rewards, recipe.rollout.group_size, scale=scale)
+    pad = tokenizer.pad_token_id
+    return assemble(samples, rewards, advantages, zero_std, score_s, pad, cluster)
 
 
 def _routing_recorder(

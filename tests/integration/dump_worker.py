@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from gspo_cli import distributed
+from gspo_cli import distributed, trainsetup
 from gspo_cli import train as trainer
 from gspo_cli.cli import app
 from gspo_cli.scoring import causal_lm
@@ -20,24 +20,24 @@ from gspo_cli.scoring import causal_lm
 DUMP = Path(sys.argv[1])
 steps: list[dict[str, Any]] = []
 policies: list[Any] = []
-real_collect, real_build, real_run = trainer.collect, trainer._build_policy, trainer.run
+real_sample, real_build, real_run = trainer.sample, trainsetup._build_policy, trainer.run
 
 
-def recording_collect(*args: Any, **kwargs: Any) -> Any:
-    batch, stats = real_collect(*args, **kwargs)
-    examples, recipe, cluster = args[3], args[5], kwargs["cluster"]
+def recording_sample(*args: Any) -> Any:
+    samples = real_sample(*args)
+    examples, recipe, step, cluster = args[3], args[4], args[5], args[6]
     mine = [e.prompt for e in examples]
     every = distributed.gather_objects(cluster, mine)  # each rank's prompts, in rank order
     g = recipe.rollout.group_size
     steps.append(
         {
-            "step": kwargs["step"],
+            "step": step,
             "prompts": [p for part in every for p in part],  # the step's, in row order
             "mine": mine,
             "sampled_by": [r for r, part in enumerate(every) for _ in range(len(part) * g)],
         }
     )
-    return batch, stats
+    return samples
 
 
 def capturing_build(*args: Any, **kwargs: Any) -> Any:
@@ -59,8 +59,8 @@ def run_then_dump(*args: Any, **kwargs: Any) -> Any:
     return summary
 
 
-trainer.collect = recording_collect  # type: ignore[assignment]
-trainer._build_policy = capturing_build  # type: ignore[assignment]
+trainer.sample = recording_sample  # type: ignore[assignment]
+trainsetup._build_policy = capturing_build  # type: ignore[assignment]
 trainer.run = run_then_dump  # type: ignore[assignment]
 sys.argv = ["gspo", *sys.argv[2:]]
 app()

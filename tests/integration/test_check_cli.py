@@ -131,7 +131,7 @@ def test_train_with_a_nan_reward_fails_before_the_model_loads(
     def no_model(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("gspo_cli.train._build_policy", no_model)
+    monkeypatch.setattr("gspo_cli.trainsetup._build_policy", no_model)
     out_dir = tmp_path / "run"
     result = runner.invoke(app, ["train", "--set", f"reward={spec}", "--out", str(out_dir), "-q"])
     assert result.exit_code == 2, result.output
