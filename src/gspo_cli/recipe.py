@@ -29,9 +29,8 @@ from pydantic import (
 )
 
 from gspo_cli import rewards
+from gspo_cli.constants import LOGPROB_CHUNK_TOKENS, AdvantageScale, Mode
 from gspo_cli.errors import RecipeError, UserError
-
-Mode = Literal["gspo", "grpo", "gspo_token"]
 
 # Paper settings (GSPO §5.1 and the GRPO baseline). GSPO's ratio is a per-token geometric
 # mean, so its clip range is three orders of magnitude tighter than GRPO's.
@@ -200,7 +199,7 @@ class AlgoSection(_Section):
     kl_beta: float = Field(
         0.0, ge=0, description="weight of a k3 KL penalty to the initial model (paper: 0, off)"
     )
-    advantage_scale: Literal["group", "batch", "none"] = Field(
+    advantage_scale: AdvantageScale = Field(
         "group", description="advantage denominator: the group's reward std, the batch's, or 1"
     )
     max_log_ratio: float = Field(
@@ -260,7 +259,7 @@ class TrainSection(_Section):
         "micro-batches with gradient accumulation (0: no split)",
     )
     logprob_chunk_tokens: int = Field(
-        1024,
+        LOGPROB_CHUNK_TOKENS,
         ge=0,
         le=1_048_576,
         description="tokens whose full-vocabulary logits exist at once when computing "
