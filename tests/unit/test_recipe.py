@@ -241,6 +241,25 @@ def recipe_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
+def test_every_key_declares_its_default_on_its_field() -> None:
+    """No key is required: each field carries its default, a value or a factory of the keys
+    before it (clip range by mode, fields, instruction and reward by task)."""
+    required = []
+    for model in (Recipe, *{_section_of(info) for info in Recipe.model_fields.values()} - {None}):
+        assert model is not None
+        required += [
+            f"{model.__name__}.{n}" for n, i in model.model_fields.items() if i.is_required()
+        ]
+    assert required == [], required
+
+
+def _section_of(info: Any) -> type[BaseModel] | None:
+    annotation = info.annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
 def test_readme_documents_every_recipe_key() -> None:
     """Each key of the schema has a row in the README's recipe reference."""
     text = (REPO / "README.md").read_text()

@@ -75,7 +75,10 @@ def validate(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
-        raise RecipeError([_describe(e) for e in exc.errors()], source) from None
+        # A default that follows a field which failed is not computed; that field's own
+        # problem is the one to report.
+        errors = [e for e in exc.errors() if e["type"] != "default_factory_not_called"]
+        raise RecipeError([_describe(e) for e in errors], source) from None
     problems = _contradictions(recipe)
     if problems:
         raise RecipeError(problems, source)

@@ -6,7 +6,7 @@ import re
 from typing import Annotated, Any
 
 import yaml
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator
 
 from gspo_cli import rewards
 from gspo_cli.errors import UserError
@@ -31,6 +31,12 @@ RewardSpec = Annotated[
 ]
 
 
+def task_reward(data: dict[str, Any]) -> str:
+    """`reward`'s default: data.task's checker (TASK_DEFAULTS)."""
+    section: DataSection = data["data"]
+    return TASK_DEFAULTS[section.task].reward
+
+
 # A run's name becomes a directory name under runs/: no separators, no leading dot.
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
@@ -40,28 +46,19 @@ class Recipe(_Section):
     seed: int = Field(
         0, ge=0, le=2**32 - 1, description="seeds data order, sampling and initialisation"
     )
-    reward: RewardSpec = Field(
-        description="a reward name (default by task: exact, gsm8k, math_boxed, countdown), a "
-        "user function 'package.module:function', or a list of {name, weight} summed; the "
-        "first decides correctness"
-    )
     model: ModelSection = ModelSection()
-    data: DataSection = Field(default_factory=lambda: DataSection.model_validate({}))
+    data: DataSection = DataSection()
+    # After `data`, whose task it defaults to (a default factory sees only earlier fields).
+    reward: RewardSpec = Field(
+        default_factory=task_reward,
+        description="a reward name (default: data.task's checker, exact, gsm8k, math_boxed, "
+        "countdown, ...), a user function 'package.module:function', or a list of {name, "
+        "weight} summed; the first decides correctness",
+    )
     rollout: RolloutSection = RolloutSection()
-    algo: AlgoSection = Field(default_factory=lambda: AlgoSection.model_validate({}))
+    algo: AlgoSection = AlgoSection()
     optim: OptimSection = OptimSection()
     train: TrainSection = TrainSection()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _reward_follows_task(cls, data: Any) -> Any:
-        """An unset reward is the task's checker (exact for addition, gsm8k for gsm8k, ...)."""
-        if not isinstance(data, dict) or "reward" in data:
-            return data
-        section = data.get("data")
-        task = section.get("task", "addition") if isinstance(section, dict) else "addition"
-        _, _, _, reward = TASK_DEFAULTS.get(task if isinstance(task, str) else "", ("",) * 4)
-        return {**data, "reward": reward or "exact"}
 
     @field_validator("name")
     @classmethod

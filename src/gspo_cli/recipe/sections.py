@@ -6,7 +6,7 @@ instruction and reward) and the size limits, so that a typo is refused at load t
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -45,32 +45,71 @@ class ModelSection(_Section):
 
 Task = Literal["addition", "sums", "gsm8k", "math", "countdown", "custom"]
 
-# Per task: (prompt field, answer field, instruction appended to each prompt, reward). Unset
-# recipe values take these; the resolved recipe.yaml spells them out.
-TASK_DEFAULTS: dict[str, tuple[str | None, str | None, str, str]] = {
-    "addition": (None, None, "", "exact"),
-    "sums": (None, None, "Answer with just the number.", "gsm8k_flexible"),
-    "gsm8k": (
+
+class TaskDefaults(NamedTuple):
+    """What a task fills in when the recipe leaves it unset."""
+
+    prompt_field: str | None  # the record field holding the question
+    answer_field: str | None  # the record field holding the reference answer
+    instruction: str  # appended to each prompt
+    reward: str  # the task's checker
+
+
+# The defaults of `data.prompt_field`, `data.answer_field`, `data.instruction` and `reward`,
+# by `data.task` (the fields' default factories read them); the resolved recipe.yaml spells
+# them out.
+TASK_DEFAULTS: dict[str, TaskDefaults] = {
+    "addition": TaskDefaults(None, None, "", "exact"),
+    "sums": TaskDefaults(None, None, "Answer with just the number.", "gsm8k_flexible"),
+    "gsm8k": TaskDefaults(
         "question",
         "answer",
         "Solve the problem step by step. Put the final answer, a number, after ####.",
         "gsm8k",
     ),
-    "math": ("problem", "solution", "Put the final answer in \\boxed{}.", "math_boxed"),
-    "countdown": (
+    "math": TaskDefaults("problem", "solution", "Put the final answer in \\boxed{}.", "math_boxed"),
+    "countdown": TaskDefaults(
         "nums",
         "target",
         "Use +, -, * and / and each number exactly once. Write the equation inside "
         "<answer></answer>, for example <answer>(1 + 2) * 3</answer>.",
         "countdown",
     ),
-    "custom": (None, None, "", "exact"),
+    "custom": TaskDefaults(None, None, "", "exact"),
 }
 GENERATED_TASKS = (
     "addition",
     "sums",
     "countdown",
 )  # made in code; countdown may also read a source
+
+# Default factories of the fields that follow an earlier one: pydantic passes the fields
+# validated so far (and calls none of them when an earlier field failed).
+
+
+def task_prompt_field(data: dict[str, Any]) -> str | None:
+    """`data.prompt_field`'s default: the task's (TASK_DEFAULTS)."""
+    return TASK_DEFAULTS[data["task"]].prompt_field
+
+
+def task_answer_field(data: dict[str, Any]) -> str | None:
+    """`data.answer_field`'s default: the task's (TASK_DEFAULTS)."""
+    return TASK_DEFAULTS[data["task"]].answer_field
+
+
+def task_instruction(data: dict[str, Any]) -> str:
+    """`data.instruction`'s default: the task's (TASK_DEFAULTS)."""
+    return TASK_DEFAULTS[data["task"]].instruction
+
+
+def mode_clip_low(data: dict[str, Any]) -> float:
+    """`algo.clip_low`'s default: the mode's paper setting (DEFAULT_CLIP)."""
+    return DEFAULT_CLIP[data["mode"]][0]
+
+
+def mode_clip_high(data: dict[str, Any]) -> float:
+    """`algo.clip_high`'s default: the mode's paper setting (DEFAULT_CLIP)."""
+    return DEFAULT_CLIP[data["mode"]][1]
 
 
 class DataSection(_Section):
@@ -96,13 +135,18 @@ class DataSection(_Section):
         "test", min_length=1, description="the source's held-out split (evaluation)"
     )
     prompt_field: str | None = Field(
-        description="field holding the question (countdown: the numbers); default by task"
+        default_factory=task_prompt_field,
+        description="field holding the question (countdown: the numbers); default (also for "
+        "null): data.task's",
     )
     answer_field: str | None = Field(
-        description="field holding the reference answer (countdown: the target); default by task"
+        default_factory=task_answer_field,
+        description="field holding the reference answer (countdown: the target); default (also "
+        "for null): data.task's",
     )
     instruction: str = Field(
-        description="text appended to every prompt (after a blank line); default by task"
+        default_factory=task_instruction,
+        description="text appended to every prompt (after a blank line); default: data.task's",
     )
     max_prompt_tokens: int = Field(
         0,
@@ -125,17 +169,13 @@ class DataSection(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _defaults_follow_task(cls, data: Any) -> Any:
-        """Unset (or null) fields and an unset instruction take the task's defaults."""
+    def _null_field_names_are_unset(cls, data: Any) -> Any:
+        """A null prompt_field or answer_field is unset, so it takes the task's default: a
+        run's recipe.yaml spells out a generated task's nulls, and a new task fills them."""
         if not isinstance(data, dict):
             return data
-        task = data.get("task", "addition")
-        prompt, answer, instruction, _ = TASK_DEFAULTS.get(
-            task if isinstance(task, str) else "", TASK_DEFAULTS["custom"]
-        )
         fields = ("prompt_field", "answer_field")
-        given = {k: v for k, v in data.items() if v is not None or k not in fields}
-        return {"prompt_field": prompt, "answer_field": answer, "instruction": instruction, **given}
+        return {k: v for k, v in data.items() if v is not None or k not in fields}
 
 
 class RolloutSection(_Section):
@@ -160,13 +200,16 @@ class AlgoSection(_Section):
         "'gspo_token' (GSPO's token form, for per-token advantages)",
     )
     clip_low: float = Field(
-        description="ε_low: ratios below 1-ε_low are clipped; default 3e-4 for gspo, 0.2 for grpo",
+        default_factory=mode_clip_low,
+        description="ε_low: ratios below 1-ε_low are clipped; default: algo.mode's, 3e-4 for "
+        "gspo and gspo_token, 0.2 for grpo",
         gt=0,
         lt=1,
     )
     clip_high: float = Field(
-        description="ε_high: ratios above 1+ε_high are clipped; default 4e-4 for gspo, 0.27 for "
-        "grpo",
+        default_factory=mode_clip_high,
+        description="ε_high: ratios above 1+ε_high are clipped; default: algo.mode's, 4e-4 for "
+        "gspo and gspo_token, 0.27 for grpo",
         gt=0,
     )
     minibatches: int = Field(
@@ -190,20 +233,6 @@ class AlgoSection(_Section):
         description="mixture-of-experts models: compute the current policy's log-probs with the "
         "experts π_old chose (gradients still reach the router); a dense model refuses it",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _clip_defaults_follow_mode(cls, data: Any) -> Any:
-        """Unset clip bounds take the mode's paper defaults (never GRPO's range for GSPO)."""
-        if not isinstance(data, dict):
-            return data
-        mode = data.get("mode", "gspo")
-        low, high = (
-            DEFAULT_CLIP.get(mode, DEFAULT_CLIP["gspo"])
-            if isinstance(mode, str)
-            else (DEFAULT_CLIP["gspo"])
-        )
-        return {"clip_low": low, "clip_high": high, **data}
 
 
 class OptimSection(_Section):
