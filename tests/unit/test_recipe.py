@@ -65,6 +65,35 @@ def test_every_error_is_reported_at_once() -> None:
     ), info.value.problems
 
 
+def test_schema_and_cross_field_problems_come_in_one_round() -> None:
+    """A wrong type, an unknown key and an unknown reward are listed together with an
+    indivisible minibatch count (5 does not divide 16 × 8 = 128) and a task without its
+    source: the cross-field checks run on the sections that validated."""
+    raw = {
+        "seed": "zero",
+        "reward": "nope",
+        "optim": {"lrr": 1e-4},
+        "algo": {"minibatches": 5},
+        "data": {"task": "gsm8k"},
+    }
+    with pytest.raises(RecipeError) as info:
+        validate(raw)
+    problems = info.value.problems
+    paths = sorted(p.split(":")[0] for p in problems)
+    assert paths == ["algo.minibatches", "data.source", "optim.lrr", "reward", "seed"], problems
+    assert any("5 does not divide the 128 completions per step" in p for p in problems), problems
+
+
+def test_cross_field_checks_skip_a_section_that_failed() -> None:
+    """A section with a schema problem is not read by the cross-field checks: group_size 1 is
+    reported, not a minibatch count computed from it; a bad data section, not its source."""
+    raw = {"rollout": {"group_size": 1, "prompts_per_step": 3}, "data": {"task": 3}}
+    with pytest.raises(RecipeError) as info:
+        validate(raw)
+    paths = sorted(p.split(":")[0] for p in info.value.problems)
+    assert paths == ["data.task", "rollout.group_size"], info.value.problems
+
+
 def test_unknown_key_suggests_the_closest() -> None:
     """A misspelt key names the key it probably meant."""
     with pytest.raises(RecipeError) as info:

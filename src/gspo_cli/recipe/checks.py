@@ -8,32 +8,47 @@ import math
 from gspo_cli import rewards
 from gspo_cli.errors import RecipeError
 from gspo_cli.recipe.schema import Recipe
-from gspo_cli.recipe.sections import GENERATED_TASKS, MAX_COMPLETIONS, TASK_DEFAULTS, DataSection
+from gspo_cli.recipe.sections import (
+    GENERATED_TASKS,
+    MAX_COMPLETIONS,
+    TASK_DEFAULTS,
+    AlgoSection,
+    DataSection,
+    RolloutSection,
+)
 
 
-def _contradictions(recipe: Recipe) -> list[str]:
-    """Settings that are each valid but cannot work together."""
-    problems = []
-    n, m = recipe.completions_per_step, recipe.algo.minibatches
+def contradictions(
+    rollout: RolloutSection | None, algo: AlgoSection | None, data: DataSection | None
+) -> list[str]:
+    """Settings that are each valid but cannot work together. A section that did not
+    validate is None; the checks that need it are skipped (its own problems are reported)."""
+    problems = [] if rollout is None else _batch_contradictions(rollout, algo)
+    return problems + ([] if data is None else _data_contradictions(data))
+
+
+def _batch_contradictions(rollout: RolloutSection, algo: AlgoSection | None) -> list[str]:
+    """The step's completions must be few enough and split into equal minibatches."""
+    p, g = rollout.prompts_per_step, rollout.group_size
+    n = p * g
     if n > MAX_COMPLETIONS:
-        p, g = recipe.rollout.prompts_per_step, recipe.rollout.group_size
-        problems.append(
+        return [
             f"rollout.prompts_per_step × rollout.group_size: {p} × {g} = {n} completions per "
             f"step is more than the limit of {MAX_COMPLETIONS}, far beyond any real use; lower "
             "either"
-        )
-        return problems + _data_contradictions(recipe.data)
-    if n % m:
-        problems.append(_indivisible_minibatches(recipe))
+        ]
+    if algo is None:
+        return []
+    m = algo.minibatches
+    problems = [_indivisible_minibatches(p, g, m)] if n % m else []
     if m > n:
         problems.append(f"algo.minibatches: {m} is more than the {n} completions per step")
-    return problems + _data_contradictions(recipe.data)
+    return problems
 
 
-def _indivisible_minibatches(recipe: Recipe) -> str:
-    """Why the step's completions do not split into equal minibatches, naming every factor,
-    with the nearest minibatch counts and prompts per step that would."""
-    p, g, m = recipe.rollout.prompts_per_step, recipe.rollout.group_size, recipe.algo.minibatches
+def _indivisible_minibatches(p: int, g: int, m: int) -> str:
+    """Why p prompts × g completions do not split into m equal minibatches, naming every
+    factor, with the nearest minibatch counts and prompts per step that would."""
     n = p * g
     counts = " or ".join(str(d) for d in _divisors_near(n, m))
     # p' × g divides by m exactly when p' is a multiple of m / gcd(g, m).

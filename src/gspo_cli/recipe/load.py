@@ -6,14 +6,15 @@ from __future__ import annotations
 import difflib
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from gspo_cli.errors import RecipeError
-from gspo_cli.recipe.checks import _contradictions
+from gspo_cli.recipe.checks import contradictions
 from gspo_cli.recipe.schema import _REWARD_TAGS, Recipe
+from gspo_cli.recipe.sections import AlgoSection, DataSection, RolloutSection
 
 
 def _section(annotation: Any) -> Any:
@@ -71,18 +72,36 @@ def _describe(error: Any) -> str:
 
 
 def validate(raw: dict[str, Any], source: str = "recipe") -> Recipe:
-    """A frozen Recipe from a plain mapping, or a RecipeError listing every problem."""
+    """A frozen Recipe from a plain mapping, or a RecipeError listing every problem: the
+    schema's and, in the same round, the cross-field ones among the sections that validated."""
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
         # A default that follows a field which failed is not computed; that field's own
         # problem is the one to report.
         errors = [e for e in exc.errors() if e["type"] != "default_factory_not_called"]
-        raise RecipeError([_describe(e) for e in errors], source) from None
-    problems = _contradictions(recipe)
+        problems = [_describe(e) for e in errors]
+        failed = {e["loc"][0] if e["loc"] else "" for e in errors}
+        problems += contradictions(
+            _valid(raw, failed, "rollout", RolloutSection),
+            _valid(raw, failed, "algo", AlgoSection),
+            _valid(raw, failed, "data", DataSection),
+        )
+        raise RecipeError(problems, source) from None
+    problems = contradictions(recipe.rollout, recipe.algo, recipe.data)
     if problems:
         raise RecipeError(problems, source)
     return recipe
+
+
+_S = TypeVar("_S", bound=BaseModel)
+
+
+def _valid(raw: Any, failed: set[str | int], name: str, model: type[_S]) -> _S | None:
+    """Section `name` of `raw` validated on its own, or None if it has a schema problem."""
+    if not isinstance(raw, dict) or "" in failed or name in failed:
+        return None
+    return model.model_validate(raw.get(name, {}))
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
