@@ -4,7 +4,9 @@ A YAML file (or nothing, for the embedded default) plus `--set dotted.key=value`
 overrides becomes a frozen `Recipe`. Every problem -- unknown keys, wrong types,
 out-of-range values, settings that contradict each other -- is collected and raised
 together as one `RecipeError`, each line with its dotted path, what is wrong and what
-to set instead. Field descriptions double as the README's recipe reference.
+to set instead. Field descriptions double as the README's recipe reference. Each default
+sits on its field (the modes and the log-prob chunk's number come from `gspo_cli.constants`,
+which the torch-only modules share without importing pydantic).
 
 - `sections`: the section models, every default on its field, and the tables behind them;
 - `schema`: `Recipe`, the sections plus the run's name, seed and reward;
@@ -32,6 +34,7 @@ from gspo_cli.recipe.sections import (
     RewardTerm,
     RolloutSection,
     Task,
+    TaskDefaults,
     TrainSection,
 )
 
@@ -51,6 +54,7 @@ __all__ = [
     "RewardTerm",
     "RolloutSection",
     "Task",
+    "TaskDefaults",
     "TrainSection",
     "apply_override",
     "check_world_size",
