@@ -7,7 +7,7 @@ chunk of logits at a time into a single float32 weight-gradient buffer. With Qwe
 151,936-token vocabulary the full-logits path needs ~4.9 GB of float32 logits (plus as
 much again for their softmax and gradient) for 8 × 512 tokens; this needs one chunk.
 
-Pure torch; no transformers import.
+Pure torch; no transformers (or pydantic) import.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-DEFAULT_CHUNK_TOKENS = 512
+from gspo_cli.constants import LOGPROB_CHUNK_TOKENS
 
 
 class _ChunkedLinearLogProbs(torch.autograd.Function):
@@ -81,7 +81,7 @@ def token_logprobs(
     targets: Tensor,
     *,
     temperature: float = 1.0,
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunk_tokens: int = LOGPROB_CHUNK_TOKENS,
 ) -> Tensor:
     """log softmax(hidden @ weight.T / temperature)[targets], in float32 (float64 if given).
 

@@ -23,13 +23,13 @@ are upcast, since GSPO's clip range (about 3e-4) is below bf16's resolution near
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 from torch import Tensor
 
-Mode = Literal["gspo", "grpo", "gspo_token"]
-AdvantageScale = Literal["group", "batch", "none"]
+from gspo_cli.constants import AdvantageScale as AdvantageScale
+from gspo_cli.constants import Mode as Mode
 
 _MODES: tuple[str, ...] = get_args(Mode)
 _SCALES: tuple[str, ...] = get_args(AdvantageScale)

@@ -22,7 +22,8 @@ from typing import Any, Protocol
 import torch
 
 from gspo_cli import microbatch, packing
-from gspo_cli.logprobs import DEFAULT_CHUNK_TOKENS, token_logprobs
+from gspo_cli.constants import LOGPROB_CHUNK_TOKENS
+from gspo_cli.logprobs import token_logprobs
 
 
 def is_moe(config: Any) -> bool:
@@ -320,7 +321,7 @@ class LogProbModel(torch.nn.Module):
         attention_mask: torch.Tensor,
         completion_len: int,
         temperature: float = 1.0,
-        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        chunk_tokens: int = LOGPROB_CHUNK_TOKENS,
     ) -> torch.Tensor:
         logprobs = _completion_logprobs(
             self.model, input_ids, attention_mask, completion_len, temperature, chunk_tokens
@@ -339,7 +340,7 @@ def completion_logprobs(
     attention_mask: torch.Tensor,
     completion_len: int,
     temperature: float = 1.0,
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunk_tokens: int = LOGPROB_CHUNK_TOKENS,
 ) -> torch.Tensor:
     """log π(y_t | x, y_<t) of each completion token, at the sampling temperature -> [N, T].
 
@@ -377,7 +378,7 @@ def batched_logprobs(
     *,
     temperature: float,
     max_tokens: int,
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunk_tokens: int = LOGPROB_CHUNK_TOKENS,
     around: Callable[[microbatch.MicroBatch], AbstractContextManager[Any]] | None = None,
 ) -> torch.Tensor:
     """`completion_logprobs` of every row of a generation, in token-budget micro-batches,

@@ -58,3 +58,16 @@ def test_large_logits_stay_finite() -> None:
     # All four logits are equal (5000), so each log-prob is -log(4).
     torch.testing.assert_close(got, torch.full((1, 2), -torch.log(torch.tensor(4.0)).item()))
     assert torch.isfinite(hidden.grad).all()  # type: ignore[arg-type]
+
+
+def test_chunk_default_is_the_recipes() -> None:
+    """Called without a recipe, the log-prob functions chunk as the default recipe does."""
+    import inspect
+
+    from gspo_cli import scoring
+    from gspo_cli.recipe import load_recipe
+
+    recipe_default = load_recipe(None).train.logprob_chunk_tokens
+    for function in (token_logprobs, scoring.completion_logprobs, scoring.batched_logprobs):
+        default = inspect.signature(function).parameters["chunk_tokens"].default
+        assert default == recipe_default, f"{function.__name__}: {default} != {recipe_default}"

@@ -300,7 +300,7 @@ def test_recipe_doctests_hold() -> None:
     """The nearest-divisor examples in recipe.py are true."""
     import doctest
 
-    from gspo_cli import recipe
+    from gspo_cli.recipe import checks as recipe
 
     result = doctest.testmod(recipe)
     assert result.attempted > 0 and result.failed == 0, result

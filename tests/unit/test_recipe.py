@@ -65,6 +65,35 @@ def test_every_error_is_reported_at_once() -> None:
     ), info.value.problems
 
 
+def test_schema_and_cross_field_problems_come_in_one_round() -> None:
+    """A wrong type, an unknown key and an unknown reward are listed together with an
+    indivisible minibatch count (5 does not divide 16 × 8 = 128) and a task without its
+    source: the cross-field checks run on the sections that validated."""
+    raw = {
+        "seed": "zero",
+        "reward": "nope",
+        "optim": {"lrr": 1e-4},
+        "algo": {"minibatches": 5},
+        "data": {"task": "gsm8k"},
+    }
+    with pytest.raises(RecipeError) as info:
+        validate(raw)
+    problems = info.value.problems
+    paths = sorted(p.split(":")[0] for p in problems)
+    assert paths == ["algo.minibatches", "data.source", "optim.lrr", "reward", "seed"], problems
+    assert any("5 does not divide the 128 completions per step" in p for p in problems), problems
+
+
+def test_cross_field_checks_skip_a_section_that_failed() -> None:
+    """A section with a schema problem is not read by the cross-field checks: group_size 1 is
+    reported, not a minibatch count computed from it; a bad data section, not its source."""
+    raw = {"rollout": {"group_size": 1, "prompts_per_step": 3}, "data": {"task": 3}}
+    with pytest.raises(RecipeError) as info:
+        validate(raw)
+    paths = sorted(p.split(":")[0] for p in info.value.problems)
+    assert paths == ["data.task", "rollout.group_size"], info.value.problems
+
+
 def test_unknown_key_suggests_the_closest() -> None:
     """A misspelt key names the key it probably meant."""
     with pytest.raises(RecipeError) as info:
@@ -239,6 +268,25 @@ def recipe_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
         else:
             keys.append(prefix + name)
     return keys
+
+
+def test_every_key_declares_its_default_on_its_field() -> None:
+    """No key is required: each field carries its default, a value or a factory of the keys
+    before it (clip range by mode, fields, instruction and reward by task)."""
+    required = []
+    for model in (Recipe, *{_section_of(info) for info in Recipe.model_fields.values()} - {None}):
+        assert model is not None
+        required += [
+            f"{model.__name__}.{n}" for n, i in model.model_fields.items() if i.is_required()
+        ]
+    assert required == [], required
+
+
+def _section_of(info: Any) -> type[BaseModel] | None:
+    annotation = info.annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
 
 
 def test_readme_documents_every_recipe_key() -> None:
