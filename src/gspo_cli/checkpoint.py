@@ -19,6 +19,8 @@ renamed when complete, so a crash or a full disk never leaves a half-written one
 real name; resuming verifies every file against the manifest's hashes and falls back to
 the newest intact checkpoint. With N processes every rank writes its own files into rank
 0's staging directory; rank 0 writes the manifest once all have finished, then renames.
+Which checkpoints are complete or intact is read from the manifests by `manifest`, which
+needs no torch.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ import torch
 from gspo_cli import distributed, safestate
 from gspo_cli.distributed import SINGLE, Cluster
 from gspo_cli.errors import CheckpointError, StorageError, UserError
+from gspo_cli.manifest import complete_checkpoints as complete_checkpoints  # re-exported
+from gspo_cli.manifest import damage as damage  # re-exported
+from gspo_cli.manifest import is_complete
 from gspo_cli.runfiles import (
     CHECKPOINTS_DIR,
     FINAL_DIR,
@@ -50,7 +55,6 @@ from gspo_cli.runfiles import (
 )
 from gspo_cli.storage import (
     file_hashes,
-    hash_mismatch,
     staged_dir,
     staging_leftovers,
     writing,
@@ -165,44 +169,6 @@ def _newest_size(run_dir: Path) -> int | None:
     return sum(p.stat().st_size for p in complete[-1].rglob("*") if p.is_file())
 
 
-def _manifest(path: Path) -> dict[str, Any] | None:
-    try:
-        manifest: dict[str, Any] = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict | list):  # a list: gspo 0.1's manifests, without hashes
-        return None
-    return manifest
-
-
-def _is_complete(path: Path) -> bool:
-    """The manifest is there and every file it lists exists (cheap: nothing is hashed)."""
-    manifest = _manifest(path)
-    return manifest is not None and all((path / f).exists() for f in manifest["files"])
-
-
-def damage(path: Path) -> str | None:
-    """What is wrong with a checkpoint's files, or None when each matches its hash."""
-    manifest = _manifest(path)
-    if manifest is None:
-        return f"no readable {MANIFEST_FILE}"
-    files = manifest["files"]
-    if isinstance(files, list):  # an old manifest: existence is all it can tell
-        missing = [f for f in files if not (path / f).exists()]
-        return f"{missing[0]} is missing" if missing else None
-    return hash_mismatch(path, files)
-
-
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint directories, oldest first."""
-    root = run_dir / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("step_*") if p.is_dir() and _is_complete(p)]
-    return sorted(found, key=lambda p: p.name)
-
-
 def latest_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Path:
     """The newest intact checkpoint of a run. Incomplete ones are reported and skipped,
     staging directories left by a killed write are removed, and a checkpoint whose files
@@ -217,7 +183,7 @@ def latest_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Path:
         warn(f"removing {leftover.name}, a checkpoint interrupted while being written")
         shutil.rmtree(leftover, ignore_errors=True)
     for path in sorted(root.glob("step_*")) if root.is_dir() else []:
-        if path.is_dir() and not _is_complete(path):
+        if path.is_dir() and not is_complete(path):
             warn(f"ignoring incomplete checkpoint {path} (interrupted while being written)")
     complete = complete_checkpoints(run_dir)
     for path in reversed(complete):

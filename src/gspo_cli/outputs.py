@@ -5,7 +5,7 @@ first that it can: a place that is a file, or lies under a file, or under a dire
 may not write, is a `UserError` before any data or model is touched. When the command fails
 after creating directories, `remove_empty` takes back the ones it left empty, so a refused
 command leaves nothing behind, not even an empty `runs/`; a training stopped at once by Ctrl-C
-says what it left (`abort_message`). torch only inside those functions (via checkpoint).
+says what it left (`abort_message`). No torch: checkpoints are read through `manifest`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gspo_cli.errors import UserError
+from gspo_cli.manifest import complete_checkpoints
+from gspo_cli.runfiles import FINAL_DIR
 
 
 def first_missing(path: Path) -> Path | None:
@@ -76,8 +78,6 @@ def remove_empty(path: Path, created: Path | None) -> None:
 def abort_message(run_dir: Path, nproc: str) -> str:
     """What a Ctrl-C that stopped training at once left: a checkpoint to resume from, or
     nothing (then no directory is named that is about to be removed or holds no checkpoint)."""
-    from gspo_cli.checkpoint import complete_checkpoints
-
     if complete_checkpoints(run_dir):
         return (
             "aborted by an interrupt; the last complete checkpoint is intact. "
@@ -93,8 +93,6 @@ def abort_message(run_dir: Path, nproc: str) -> str:
 
 def full_disk_message(run_dir: Path, nproc: str) -> str:
     """What a run stopped by a full disk still has, and how to go on."""
-    from gspo_cli.checkpoint import complete_checkpoints
-
     kept = complete_checkpoints(run_dir) if run_dir.is_dir() else []
     if not kept:
         return "No checkpoint had been written; start the run again once there is space"
@@ -107,9 +105,6 @@ def full_disk_message(run_dir: Path, nproc: str) -> str:
 def compare_abort_message(out_dir: Path, command: str) -> str:
     """What a Ctrl-C that stopped a comparison at once left: runs to reuse or resume, or
     nothing (then the comparison directory, about to be removed if empty, is not named)."""
-    from gspo_cli.checkpoint import complete_checkpoints
-    from gspo_cli.runfiles import FINAL_DIR
-
     runs = [d for d in out_dir.iterdir() if d.is_dir()] if out_dir.is_dir() else []
     if any(complete_checkpoints(d) or (d / FINAL_DIR).is_dir() for d in runs):
         return f"aborted by an interrupt; resume the comparison with: {command}"
