@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from gspo_cli import cli
 from gspo_cli import train as trainer
-from gspo_cli.cli import app
+from gspo_cli.cli import app, train_cmd
 from gspo_cli.recipe import Recipe
 from gspo_cli.train import TrainSummary
 
@@ -296,7 +295,7 @@ def execs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         calls.append(argv)
         raise typer.Exit(0)
 
-    monkeypatch.setattr(cli.os, "execv", fake_execv)
+    monkeypatch.setattr(train_cmd.os, "execv", fake_execv)
     return calls
 
 

@@ -269,9 +269,9 @@ def test_narrow_terminal_never_cuts_a_number(
     """At 60 columns headers and spreads wrap, but every figure is shown whole (no '…')."""
     from rich.console import Console
 
-    from gspo_cli import cli
+    from gspo_cli.cli import compare_cmd
 
-    monkeypatch.setattr(cli, "console", Console(width=60, soft_wrap=True))
+    monkeypatch.setattr(compare_cmd, "console", Console(width=60, soft_wrap=True))
     out = tmp_path / "cmp"
     result = runner.invoke(app, compare_args(out, "--set", "train.steps=2", "-q"))
     assert result.exit_code == 0, result.output
