@@ -134,7 +134,7 @@ def task_examples(split: str, settings: Settings = SETTINGS) -> list[Any]:
 def evaluate(model: Any, tokenizer: Any, settings: Settings = SETTINGS) -> float:
     """Greedy held-out accuracy, the same call for both sides."""
     from gspo_cli import rewards
-    from gspo_cli.evaluate import greedy_accuracy
+    from gspo_cli.greedy import greedy_accuracy
 
     test = task_examples("test", settings)[: settings["eval_size"]]
     checker = rewards.get(settings["reward"])
@@ -146,7 +146,7 @@ def load_start(model_dir: Path) -> tuple[Any, Any]:
     """The starting model and tokenizer in float32 on CPU, padding on the left."""
     import torch
 
-    from gspo_cli.policy import load_policy
+    from gspo_cli.loading import load_policy
 
     return load_policy(str(model_dir), "float32", torch.device("cpu"), lambda _: None)
 

@@ -27,7 +27,7 @@ from gspo_cli.checkpoint import link_final, save_checkpoint
 from gspo_cli.data import Example
 from gspo_cli.distributed import Cluster
 from gspo_cli.errors import Interrupted, TrainingError, WatchdogStop
-from gspo_cli.evaluate import greedy_correct
+from gspo_cli.greedy import greedy_correct
 from gspo_cli.interrupt import StopRequest
 from gspo_cli.metrics import MetricsWriter, NullWriter, Row
 from gspo_cli.recipe import Recipe

@@ -59,7 +59,7 @@ class ModelShape:
 def model_config(name: str) -> Any:
     """The config of model `name` (an embedded name, a local directory or a hub id), no
     weights; a ModelError when it cannot be read."""
-    from gspo_cli.policy import check_model_source, load_error
+    from gspo_cli.loading import check_model_source, load_error
     from gspo_cli.tiny import EMBEDDED_MODELS, tiny_config
 
     if name in EMBEDDED_MODELS:
@@ -254,7 +254,7 @@ def available_memory(device: str) -> int | None:
 def estimate_for(recipe: Recipe, world_size: int = 1) -> MemoryEstimate:
     """The estimate for `recipe` on this machine: its model's config, the dtype it will
     train in, and the memory free here (on CPU shared by the processes of this machine)."""
-    from gspo_cli.policy import pick_device, pick_dtype
+    from gspo_cli.loading import pick_device, pick_dtype
 
     shape = model_shape(model_config(recipe.model.name))
     device = pick_device()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gspo_cli.data import Example
+from gspo_cli.greedy import greedy_accuracy
 from gspo_cli.runfiles import cache_root
 from gspo_cli.storage import file_hashes, hash_mismatch, staged_dir
 
@@ -146,7 +147,6 @@ def warm_start(model: Any, tokenizer: Any, target_accuracy: float) -> tuple[int,
     import torch
 
     from gspo_cli.data import addition_examples
-    from gspo_cli.evaluate import greedy_accuracy
     from gspo_cli.rewards import exact
 
     rng = random.Random(WARM_START_SEED)

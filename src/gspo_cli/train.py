@@ -33,9 +33,9 @@ import torch
 from gspo_cli import resources, trainsetup
 from gspo_cli.bookkeeping import RunBook
 from gspo_cli.distributed import SINGLE, Cluster
+from gspo_cli.loading import check_model_source
 from gspo_cli.losses import group_advantages
 from gspo_cli.metrics import Row
-from gspo_cli.policy import check_model_source
 from gspo_cli.recipe import Recipe, check_world_size
 from gspo_cli.resources import MemoryEstimate
 from gspo_cli.rollout import assemble, sample, score_samples

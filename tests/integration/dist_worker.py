@@ -12,7 +12,8 @@ import sys
 import torch
 
 from gspo_cli import distributed
-from gspo_cli.policy import generate, load_policy
+from gspo_cli.loading import load_policy
+from gspo_cli.policy import generate
 from gspo_cli.scoring import LogProbModel, completion_logprobs
 
 

@@ -91,7 +91,7 @@ def test_gsm8k_length_limit_drops_and_counts(gsm8k_dir: Path, char_tokenizer: An
 
 def test_gsm8k_with_a_qwen_style_chat_template(gsm8k_dir: Path, qwen_style_model_dir: Path) -> None:
     """Prompts are rendered with the chat template; the limit counts the template's tokens."""
-    from gspo_cli.policy import load_tokenizer
+    from gspo_cli.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(qwen_style_model_dir), lambda _: None)
     result = prepare(section(task="gsm8k", source=str(gsm8k_dir)), tokenizer, model_name="q")

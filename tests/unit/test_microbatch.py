@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from gspo_cli import microbatch
+from gspo_cli.loading import load_policy
 from gspo_cli.losses import group_advantages
-from gspo_cli.policy import generate, load_policy
+from gspo_cli.policy import generate
 from gspo_cli.recipe import load_recipe
 from gspo_cli.rollout import RolloutBatch
 from gspo_cli.scoring import batched_logprobs, completion_logprobs

@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 from gspo_cli import policy, scoring
+from gspo_cli.loading import load_policy
 from gspo_cli.packing import pack_rows
-from gspo_cli.policy import RowSampler, decode, load_policy
+from gspo_cli.policy import RowSampler, decode
 from gspo_cli.scoring import completion_logprobs
 
 CPU = torch.device("cpu")

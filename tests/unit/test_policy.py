@@ -16,13 +16,8 @@ import torch
 from torch import Tensor
 
 from gspo_cli.errors import ModelError
-from gspo_cli.policy import (
-    completion_mask,
-    eos_ids,
-    generate,
-    load_policy,
-    pick_dtype,
-)
+from gspo_cli.loading import load_policy, pick_dtype
+from gspo_cli.policy import completion_mask, eos_ids, generate
 from gspo_cli.scoring import completion_logprobs
 from gspo_cli.tiny import build_model, build_tokenizer
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from gspo_cli.data import render_prompt
-from gspo_cli.policy import eos_ids, generate, load_tokenizer
+from gspo_cli.loading import load_tokenizer
+from gspo_cli.policy import eos_ids, generate
 from gspo_cli.prepare import prepare
 from gspo_cli.recipe import DataSection
 

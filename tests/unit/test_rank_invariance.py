@@ -16,8 +16,9 @@ from torch import Tensor
 from gspo_cli import distributed
 from gspo_cli.distributed import Cluster, from_env
 from gspo_cli.errors import RecipeError, UserError
+from gspo_cli.loading import load_policy
 from gspo_cli.losses import group_advantages
-from gspo_cli.policy import RowSampler, generate, load_policy, top_p_filter
+from gspo_cli.policy import RowSampler, generate, top_p_filter
 from gspo_cli.recipe import check_world_size, load_recipe
 from gspo_cli.rollout import RolloutBatch
 from gspo_cli.scoring import LogProbModel, completion_logprobs

@@ -13,8 +13,9 @@ import torch
 
 from gspo_cli import microbatch, routing
 from gspo_cli.errors import UserError
+from gspo_cli.loading import load_policy
 from gspo_cli.metrics import read_metrics
-from gspo_cli.policy import Generation, generate, load_policy
+from gspo_cli.policy import Generation, generate
 from gspo_cli.recipe import load_recipe
 from gspo_cli.scoring import batched_logprobs, completion_logprobs
 from gspo_cli.train import run

@@ -172,7 +172,7 @@ def test_addition_split_ignores_the_global_rng() -> None:
 
 def test_moe_twin_is_cached_apart_and_accepted_as_a_model_name() -> None:
     """tiny-qwen3-moe has its own versioned cache directory and is a known model name."""
-    from gspo_cli.policy import check_model_source
+    from gspo_cli.loading import check_model_source
     from gspo_cli.tiny import TINY_MOE_NAME, tiny_model_dir
 
     assert tiny_model_dir(TINY_MOE_NAME).name == "tiny-qwen3-moe-v1"

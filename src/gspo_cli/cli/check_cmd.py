@@ -84,7 +84,7 @@ def _check_data(loaded: Recipe, problems: list[str]) -> tuple[Any, list[Any], in
     is not yet. Without a tokenizer the rewards are still probed on the unprepared examples;
     each failure is added to `problems` and leaves its part out (None, [])."""
     from gspo_cli.data import locate_source, source_examples
-    from gspo_cli.policy import check_model_source, load_tokenizer
+    from gspo_cli.loading import check_model_source, load_tokenizer
     from gspo_cli.prepare import load_task
     from gspo_cli.resources import check_room, context_fit
 

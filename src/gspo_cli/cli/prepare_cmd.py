@@ -39,7 +39,7 @@ def prepare_(
         loaded = load_recipe_with_warnings(recipe, set_)
         prepare_runtime()
         from gspo_cli import prepare as preparing
-        from gspo_cli.policy import load_tokenizer
+        from gspo_cli.loading import load_tokenizer
 
         tokenizer = load_tokenizer(loaded.model.name, announce)
         bar = progress_bar("prepare", quiet)
