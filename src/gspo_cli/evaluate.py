@@ -252,20 +252,61 @@ def run(
     the recipe's prepared test split; write eval.json and samples.jsonl into `out_dir`."""
     started = time.perf_counter()
     scorer = Scorer.for_recipe(recipe)  # before any model loads: a bad reward fails first
-    try:
-        tokenizer = load_tokenizer(target.model, announce)
-    except ModelError as exc:
-        if target.kind != "hub":
-            raise
-        raise ModelError(
-            f"{target.model}: no such local directory, and as a hub id: {exc}"
-        ) from exc
+    tokenizer = _tokenizer(target, announce)
     fit = context_fit(target.model, recipe.rollout.max_new_tokens)
     prepared, splits = load_task(recipe.data, tokenizer, target.model, announce, fit)
     examples = splits["test"][: limit or recipe.data.eval_size]
     model, tokenizer = load_policy(target.model, recipe.model.dtype, pick_device(), announce)
     extra = f", {samples} samples each" if samples else ""
     announce(f"evaluating {target.model} on {len(examples)} {recipe.data.task} examples{extra}")
+    total = len(examples) * (1 + samples)
+    greedy, sampled = _completions(model, tokenizer, examples, recipe, samples, progress)
+    prompts = [render_prompt(tokenizer, e.prompt) for e in examples]
+    records = score_records(examples, prompts, greedy, sampled, scorer)
+    scores = scores_for(records, samples)
+    seconds = time.perf_counter() - started
+    summary = {
+        "model": target.model,
+        "target": target.kind,
+        "recipe_source": recipe_source,
+        "task": recipe.data.task,
+        "scores": scores,
+        "settings": _settings(recipe, scorer, len(examples), limit, samples),
+        "counts": _counts(records, len(splits["test"]), total),
+        "data": {
+            "prepared": str(prepared.directory),
+            "content_hash": prepared.manifest["content_hash"],
+        },
+        "recipe": recipe.model_dump(mode="json"),
+        "seconds": round(seconds, 3),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    eval_file, samples_file = _write(out_dir, summary, records)
+    return EvalReport(scores, len(examples), samples, seconds, eval_file, samples_file)
+
+
+def _tokenizer(target: EvalTarget, announce: Callable[[str], None]) -> Any:
+    """The target's tokenizer; for a name that is no local path, the error says it was
+    tried as a hub id too."""
+    try:
+        return load_tokenizer(target.model, announce)
+    except ModelError as exc:
+        if target.kind != "hub":
+            raise
+        raise ModelError(
+            f"{target.model}: no such local directory, and as a hub id: {exc}"
+        ) from exc
+
+
+def _completions(
+    model: Any,
+    tokenizer: Any,
+    examples: list[Example],
+    recipe: Recipe,
+    samples: int,
+    progress: Progress,
+) -> tuple[list[str], list[list[str]]]:
+    """Each example's greedy completion and, with `samples`, that many sampled ones."""
     total = len(examples) * (1 + samples)
     greedy = greedy_completions(
         model,
@@ -284,38 +325,29 @@ def run(
             samples,
             lambda done, _: progress(len(examples) + done, total),
         )
-    prompts = [render_prompt(tokenizer, e.prompt) for e in examples]
-    records = score_records(examples, prompts, greedy, sampled, scorer)
-    scores = scores_for(records, samples)
-    seconds = time.perf_counter() - started
+    return greedy, sampled
+
+
+def _counts(records: list[dict[str, Any]], test_examples: int, completions: int) -> dict[str, int]:
+    return {
+        "test_examples": test_examples,
+        "examples": len(records),
+        "completions": completions,
+        "greedy_correct": sum(r["greedy"]["correct"] for r in records),
+        "sampled_correct": sum(s["correct"] for r in records for s in r["samples"]),
+    }
+
+
+def _write(
+    out_dir: Path, summary: dict[str, Any], records: list[dict[str, Any]]
+) -> tuple[Path, Path]:
+    """samples.jsonl (one record per example) and eval.json (the summary), atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
     samples_file, eval_file = out_dir / SAMPLES_FILE, out_dir / EVAL_FILE
     lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
     write_text_atomic(samples_file, "".join(lines))
-    summary = {
-        "model": target.model,
-        "target": target.kind,
-        "recipe_source": recipe_source,
-        "task": recipe.data.task,
-        "scores": scores,
-        "settings": _settings(recipe, scorer, len(examples), limit, samples),
-        "counts": {
-            "test_examples": len(splits["test"]),
-            "examples": len(examples),
-            "completions": total,
-            "greedy_correct": sum(r["greedy"]["correct"] for r in records),
-            "sampled_correct": sum(s["correct"] for r in records for s in r["samples"]),
-        },
-        "data": {
-            "prepared": str(prepared.directory),
-            "content_hash": prepared.manifest["content_hash"],
-        },
-        "recipe": recipe.model_dump(mode="json"),
-        "seconds": round(seconds, 3),
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
     write_text_atomic(eval_file, json.dumps(summary, indent=2) + "\n")
-    return EvalReport(scores, len(examples), samples, seconds, eval_file, samples_file)
+    return eval_file, samples_file
 
 
 def _settings(

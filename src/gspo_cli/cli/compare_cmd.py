@@ -31,38 +31,43 @@ if TYPE_CHECKING:
 from gspo_cli.cli.base import QuietOpt, SetOpt, app, console, prepare_runtime, user_errors, warn
 from gspo_cli.cli.view import TrainView
 
+TargetsArg = Annotated[
+    list[Path] | None,
+    typer.Argument(
+        metavar="[RECIPE | RUN_DIR...]",
+        help="A recipe YAML to run per algorithm and seed (omit it for the embedded "
+        "default), or finished run directories (or a comparison directory) to compare "
+        "without training.",
+        show_default=False,
+    ),
+]
+AlgosOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--algos", help="Algorithms to run: --algos gspo grpo (default).", show_default=False
+    ),
+]
+SeedsOpt = Annotated[
+    list[int] | None,
+    typer.Option("--seeds", help="Seeds per algorithm: --seeds 0 1 2 (default 0).", min=0),
+]
+CompareOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        help="Comparison directory (default: runs/compare-<name>-<time>). Give an "
+        "existing one to resume: finished runs are reused.",
+    ),
+]
+
 
 @app.command(cls=ListOptionsCommand)
 def compare(
-    targets: Annotated[
-        list[Path] | None,
-        typer.Argument(
-            metavar="[RECIPE | RUN_DIR...]",
-            help="A recipe YAML to run per algorithm and seed (omit it for the embedded "
-            "default), or finished run directories (or a comparison directory) to compare "
-            "without training.",
-            show_default=False,
-        ),
-    ] = None,
-    algos: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--algos", help="Algorithms to run: --algos gspo grpo (default).", show_default=False
-        ),
-    ] = None,
-    seeds: Annotated[
-        list[int] | None,
-        typer.Option("--seeds", help="Seeds per algorithm: --seeds 0 1 2 (default 0).", min=0),
-    ] = None,
+    targets: TargetsArg = None,
+    algos: AlgosOpt = None,
+    seeds: SeedsOpt = None,
     set_: SetOpt = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            help="Comparison directory (default: runs/compare-<name>-<time>). Give an "
-            "existing one to resume: finished runs are reused.",
-        ),
-    ] = None,
+    out: CompareOutOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Run GSPO vs GRPO (per seed) and compare: a table, report.md and PNG plots."""

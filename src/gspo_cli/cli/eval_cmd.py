@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import typer.core
@@ -28,50 +28,57 @@ from gspo_cli.cli.base import (
     user_errors,
 )
 
+PathArg = Annotated[
+    str,
+    typer.Argument(
+        help="A run directory (its final/ model), a checkpoint directory, a model "
+        "directory or a hub id.",
+        show_default=False,
+    ),
+]
+EvalRecipeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--recipe",
+        help="Recipe whose data, reward and decoding settings to use (default: the run's "
+        "recipe.yaml, else the embedded default).",
+    ),
+]
+DataOpt = Annotated[
+    str | None,
+    typer.Option("--data", help="Dataset to evaluate on: same as --set data.source=..."),
+]
+SamplesOpt = Annotated[
+    int,
+    typer.Option(
+        "--samples", min=0, help="Also sample N completions per prompt: pass@k and maj@N."
+    ),
+]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--limit", min=1, help="Evaluate the first N test examples (default: data.eval_size)."
+    ),
+]
+EvalOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        help="Where eval.json and samples.jsonl go (default: the run directory, "
+        "else evals/<name>-<time>).",
+    ),
+]
+
 
 @app.command(name="eval")
 def eval_(
-    path: Annotated[
-        str,
-        typer.Argument(
-            help="A run directory (its final/ model), a checkpoint directory, a model "
-            "directory or a hub id.",
-            show_default=False,
-        ),
-    ],
-    recipe: Annotated[
-        Path | None,
-        typer.Option(
-            "--recipe",
-            help="Recipe whose data, reward and decoding settings to use (default: the run's "
-            "recipe.yaml, else the embedded default).",
-        ),
-    ] = None,
+    path: PathArg,
+    recipe: EvalRecipeOpt = None,
     set_: SetOpt = None,
-    data: Annotated[
-        str | None,
-        typer.Option("--data", help="Dataset to evaluate on: same as --set data.source=..."),
-    ] = None,
-    samples: Annotated[
-        int,
-        typer.Option(
-            "--samples", min=0, help="Also sample N completions per prompt: pass@k and maj@N."
-        ),
-    ] = 0,
-    limit: Annotated[
-        int | None,
-        typer.Option(
-            "--limit", min=1, help="Evaluate the first N test examples (default: data.eval_size)."
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            help="Where eval.json and samples.jsonl go (default: the run directory, "
-            "else evals/<name>-<time>).",
-        ),
-    ] = None,
+    data: DataOpt = None,
+    samples: SamplesOpt = 0,
+    limit: LimitOpt = None,
+    out: EvalOutOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a model: greedy pass@1, and with --samples pass@k and maj@N."""
@@ -104,10 +111,14 @@ def eval_(
                 announce=announce,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
-        table = Table(title=f"eval {target.model}", show_header=False)
-        for name, value in report.scores.items():
-            table.add_row(name, f"{value:.4f}")
-        table.add_row("examples", str(report.examples))
-        table.add_row("wall time", f"{report.seconds:.1f} s")
-        table.add_row("written", f"{report.eval_file}, {report.samples_file.name}")
-        console.print(table)
+        console.print(_report_table(target.model, report))
+
+
+def _report_table(model: str, report: Any) -> Table:  # an evaluate.EvalReport
+    table = Table(title=f"eval {model}", show_header=False)
+    for name, value in report.scores.items():
+        table.add_row(name, f"{value:.4f}")
+    table.add_row("examples", str(report.examples))
+    table.add_row("wall time", f"{report.seconds:.1f} s")
+    table.add_row("written", f"{report.eval_file}, {report.samples_file.name}")
+    return table
