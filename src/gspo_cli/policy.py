@@ -232,6 +232,8 @@ def decode(
     distinct prompt once (a group's G rows share it) and dropping finished rows from the
     batch instead of decoding padding for them.
     """
+    # Longer than 60 lines on purpose: the loop's state (cache, rows still decoding, the
+    # next step's ids, mask and positions) changes together and reads best in one place.
     from transformers import DynamicCache
 
     n, p = input_ids.shape

@@ -215,6 +215,29 @@ def prepare(
         if status == "rebuilt"
         else f"preparing {data.task} data ({origin}) for this tokenizer in {target}"
     )
+    splits, rendered = _render_splits(data, source, tokenizer, progress)
+    manifest = {
+        "version": PREPARED_VERSION,
+        "task": data.task,
+        "source": source.name,
+        "source_kind": source.kind,
+        "source_fingerprint": source.fingerprint,
+        "model": model_name,
+        "tokenizer": fingerprint,
+        "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+        "splits": splits,
+        "recipe": {"data": data.model_dump(mode="json"), "model": {"name": model_name}},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    _write_prepared(target, rendered, manifest, started)
+    return Prepared(target, json.loads((target / MANIFEST_FILE).read_text("utf-8")), status)
+
+
+def _render_splits(
+    data: DataSection, source: Source, tokenizer: Any, progress: Progress
+) -> tuple[dict[str, Any], dict[str, list[Row]]]:
+    """Each split's rows rendered for the tokenizer (over-long prompts dropped) and its
+    counts for the manifest; a DataError when a split would be left empty."""
     examples = source_examples(data, source)
     names = _source_split_names(data, source)
     splits: dict[str, Any] = {}
@@ -236,21 +259,7 @@ def prepare(
             )
         )
         rendered[split] = rows
-    manifest = {
-        "version": PREPARED_VERSION,
-        "task": data.task,
-        "source": source.name,
-        "source_kind": source.kind,
-        "source_fingerprint": source.fingerprint,
-        "model": model_name,
-        "tokenizer": fingerprint,
-        "chat_template": bool(getattr(tokenizer, "chat_template", None)),
-        "splits": splits,
-        "recipe": {"data": data.model_dump(mode="json"), "model": {"name": model_name}},
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    _write_prepared(target, rendered, manifest, started)
-    return Prepared(target, json.loads((target / MANIFEST_FILE).read_text("utf-8")), status)
+    return splits, rendered
 
 
 def _source_split_names(data: DataSection, source: Source) -> dict[Split, str]:

@@ -187,6 +187,14 @@ def update(
             figures = {"loss": loss.item(), "kl": kl.item(), "grad_norm": grad_norm.item()}
             per_step.append({**figures, **asdict(stats)})
 
+    return _summarise(per_step, outcomes, time.perf_counter() - started), outcomes
+
+
+def _summarise(
+    per_step: list[dict[str, float]], outcomes: list[str | None], seconds: float
+) -> UpdateStats:
+    """The step's update figures: means over the optimiser steps taken, extremes over all."""
+
     def mean(key: str) -> float:
         return sum(s[key] for s in per_step) / len(per_step) if per_step else math.nan
 
@@ -202,5 +210,5 @@ def update(
         ratio_min=min((s["ratio_min"] for s in per_step), default=math.nan),
         ratio_max=max((s["ratio_max"] for s in per_step), default=math.nan),
         skipped_steps=sum(o is not None for o in outcomes),
-        update_s=time.perf_counter() - started,
-    ), outcomes
+        update_s=seconds,
+    )
