@@ -345,11 +345,14 @@ def test_unreachable_hub_says_so_and_suggests_a_local_path(char_tokenizer: Any) 
 
 
 def test_doctest_examples_hold() -> None:
-    """The doctest examples in data.py are true."""
+    """The doctest examples in the data modules are true."""
     import doctest
 
-    result = doctest.testmod(data)
-    assert result.attempted > 0 and result.failed == 0, result
+    from gspo_cli.data import example, formats, generated
+
+    for module in (example, formats, generated):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, (module.__name__, result)
 
 
 def test_render_prompt_turns_qwen3_thinking_off_and_leaves_other_templates_alone() -> None:
