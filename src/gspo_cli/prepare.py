@@ -36,7 +36,7 @@ from gspo_cli.data import (
 )
 from gspo_cli.errors import DataError
 from gspo_cli.recipe import DataSection
-from gspo_cli.runfiles import cache_root
+from gspo_cli.runfiles import prepared_root
 from gspo_cli.storage import replace_dir, writing
 
 Progress = Callable[[str, int, int], None]  # (split, rows done, rows in the split)
@@ -154,10 +154,6 @@ class Prepared:
 
     def counts(self) -> dict[str, SplitCounts]:
         return {s: SplitCounts(**self.manifest["splits"][s]) for s in SPLITS}
-
-
-def prepared_root() -> Path:
-    return cache_root() / "prepared"
 
 
 def prepared_dir(data: DataSection, source: Source, fingerprint: str) -> Path:

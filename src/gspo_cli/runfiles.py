@@ -8,7 +8,9 @@ runs/<name>-<YYYYmmdd-HHMMSS>/       RUNS_ROOT, a fresh_dir
   final/
 runs/compare-<name>-<time>/          a comparison: its runs, report.md, summary.png, plots
 evals/<model>-<time>/                `gspo eval` of a model that is not a run
-$GSPO_CACHE (~/.cache/gspo)/         cache_root(): the embedded models, prepared/
+$GSPO_CACHE (~/.cache/gspo)/         cache_root()
+  tiny-qwen3-v1/ ...                 embedded_model_dir(name, version)
+  prepared/<task>-<key>/             prepared_root()
 ```
 Plain names and paths only: importing this module loads nothing heavy.
 """
@@ -47,6 +49,16 @@ def cache_root() -> Path:
     ~/.cache/gspo."""
     env = os.environ.get("GSPO_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "gspo"
+
+
+def prepared_root() -> Path:
+    """Where prepared datasets are cached, one directory per content key."""
+    return cache_root() / "prepared"
+
+
+def embedded_model_dir(name: str, version: str) -> Path:
+    """The cached, warm-started embedded model `name` at `version` (it may not exist yet)."""
+    return cache_root() / f"{name}-v{version}"
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

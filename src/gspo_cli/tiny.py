@@ -20,7 +20,7 @@ from typing import Any
 
 from gspo_cli.data import Example
 from gspo_cli.greedy import greedy_accuracy
-from gspo_cli.runfiles import cache_root
+from gspo_cli.runfiles import embedded_model_dir
 from gspo_cli.storage import file_hashes, hash_mismatch, staged_dir
 
 TINY_MODEL_NAME = "tiny-qwen3"
@@ -176,7 +176,7 @@ def warm_start(model: Any, tokenizer: Any, target_accuracy: float) -> tuple[int,
 
 def tiny_model_dir(name: str = TINY_MODEL_NAME) -> Path:
     """The cached warm-started embedded model's directory (it may not exist yet)."""
-    return cache_root() / f"{name}-v{EMBEDDED_MODELS[name]}"
+    return embedded_model_dir(name, EMBEDDED_MODELS[name])
 
 
 HASHES_FILE = "hashes.json"  # written last: every other file's sha256
