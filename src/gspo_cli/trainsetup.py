@@ -18,10 +18,10 @@ from gspo_cli.data import Example
 from gspo_cli.distributed import Cluster
 from gspo_cli.errors import UserError
 from gspo_cli.loading import load_policy, load_tokenizer, pick_device
-from gspo_cli.preflight import require_working_rewards
 from gspo_cli.prepare import load_task
 from gspo_cli.recipe import Recipe
 from gspo_cli.resources import context_fit
+from gspo_cli.rewards.probes import require_working_rewards
 from gspo_cli.scoring import LogProbModel, support
 
 

@@ -46,6 +46,7 @@ def check(recipe: RecipeArg = None, set_: SetOpt = None, nproc: CheckNprocOpt = 
         loaded = load_recipe_with_warnings(recipe, set_)
         source = f"recipe {recipe}" if recipe is not None else "the default recipe"
         from gspo_cli import preflight, rewards
+        from gspo_cli.rewards import probes
 
         console.print(
             f"{source} is valid: {loaded.algo.mode}, model {loaded.model.name}, task "
@@ -67,9 +68,7 @@ def check(recipe: RecipeArg = None, set_: SetOpt = None, nproc: CheckNprocOpt = 
             _show_prompt(tokenizer, example, i)
         warnings = 0
         if examples:
-            probe = preflight.probe_rewards(
-                loaded.reward_terms, examples[: preflight.PROBE_EXAMPLES]
-            )
+            probe = probes.probe_rewards(loaded.reward_terms, examples[: probes.PROBE_EXAMPLES])
             _show_probe(probe, rewards.label(loaded.reward_terms))
             problems += probe.problems
             warnings = len(probe.warnings)
@@ -210,7 +209,7 @@ def _span(values: list[float]) -> str:
     return f"{low:g}" if low == high else f"{low:g} to {high:g}"
 
 
-def _show_probe(probe: Any, label: str) -> None:  # a preflight.RewardProbe
+def _show_probe(probe: Any, label: str) -> None:  # a rewards.probes.RewardProbe
     if probe.correct and probe.malformed:
         console.print(
             f"reward {label} on {probe.examples} prepared examples: correct answers score "
