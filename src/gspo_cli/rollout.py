@@ -2,7 +2,7 @@
 step's batch together.
 
 `sample` → `score_samples` → (`losses.group_advantages`) → `assemble`, the stages
-`train.run` calls in order (`collect` chains them in one call). Everything here runs
+`train.run` calls in order. Everything here runs
 without gradients. The returned `RolloutBatch` holds what the update needs (sequences,
 masks, advantages, π_old and reference log-probs); the `RolloutStats` hold what the
 metrics row needs.
@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from gspo_cli import distributed, routing
 from gspo_cli.data import Example, render_prompt
 from gspo_cli.distributed import SINGLE, Cluster
-from gspo_cli.losses import group_advantages
 from gspo_cli.microbatch import MicroBatch
 from gspo_cli.policy import Generation, generate
 from gspo_cli.recipe import Recipe
@@ -184,26 +183,6 @@ def assemble(
         **distributed.max_floats(cluster, timings),  # the slowest rank sets the pace
     )
     return batch, stats
-
-
-def collect(
-    policy: Any,
-    ref_policy: Any | None,
-    tokenizer: Any,
-    examples: list[Example],
-    reward_fn: RewardFn,
-    recipe: Recipe,
-    step: int = 0,
-    cluster: Cluster = SINGLE,
-) -> tuple[RolloutBatch, RolloutStats]:
-    """One rollout step in one call, the stages `train.run` spells out: sample, score,
-    group advantages, assemble."""
-    samples = sample(policy, ref_policy, tokenizer, examples, recipe, step, cluster)
-    rewards, score_s = score_samples(samples, examples, reward_fn, recipe, cluster)
-    scale = recipe.algo.advantage_scale
-    advantages, zero_std = group_advantages(rewards, recipe.rollout.group_size, scale=scale)
-    pad = tokenizer.pad_token_id
-    return assemble(samples, rewards, advantages, zero_std, score_s, pad, cluster)
 
 
 def _routing_recorder(

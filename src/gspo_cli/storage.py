@@ -155,20 +155,15 @@ def replace_dir(staging: Path, target: Path) -> None:
 
 
 @contextmanager
-def staged_dir(
-    target: Path, what: str = "", needed: int | None = None, keep_existing: bool = False
-) -> Iterator[Path]:
+def staged_dir(target: Path, what: str = "", needed: int | None = None) -> Iterator[Path]:
     """Yield a hidden staging directory beside `target`; on success it replaces `target`.
     On any failure (a full disk: one `StorageError` line) the staging directory is removed
-    and `target` is as it was. `keep_existing`: a `target` that appeared meanwhile (another
-    process built the same thing) is kept and the staging one dropped."""
+    and `target` is as it was."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         with writing(what or target.name, target, needed):
             yield staging
-            if keep_existing and target.exists():
-                return
             replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

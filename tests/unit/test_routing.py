@@ -93,7 +93,7 @@ def moe(tiny_moe_dir: Path) -> tuple[Any, Generation]:
 
 
 def _old_choice(model: Any, gen: Generation, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """π_old's log-probs and recorded experts, as `rollout.collect` computes them."""
+    """π_old's log-probs and recorded experts, as `rollout.sample` computes them."""
     routers = routing.find_routers(model)
     n, width = gen.input_ids.shape
     into = routing.empty_choice(routers, n, width, gen.input_ids.device)
