@@ -14,8 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,7 +35,7 @@ from gspo_cli.data import (
 from gspo_cli.errors import DataError
 from gspo_cli.recipe import DataSection
 from gspo_cli.runfiles import prepared_root
-from gspo_cli.storage import replace_dir, writing
+from gspo_cli.storage import staged_dir
 
 Progress = Callable[[str, int, int], None]  # (split, rows done, rows in the split)
 
@@ -271,10 +269,8 @@ def _write_prepared(
 ) -> None:
     """Write the splits and the manifest into a staging directory, then rename it to target
     (a full disk: one line, and no staging directory left)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        with writing("the prepared data", target):
+        with staged_dir(target, "the prepared data") as staging:
             for split, rows in rendered.items():
                 with (staging / f"{split}.jsonl").open("w", encoding="utf-8") as handle:
                     for row in rows:
@@ -282,13 +278,9 @@ def _write_prepared(
             manifest["content_hash"] = content_hash(staging)
             manifest["seconds"] = round(time.perf_counter() - started, 3)
             (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
-            try:
-                replace_dir(staging, target)
-            except OSError:  # another process prepared the same data meanwhile: keep theirs
-                if _reusable(target) is None:
-                    raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    except OSError:  # another process prepared the same data meanwhile: keep theirs
+        if _reusable(target) is None:
+            raise
 
 
 def _split_rows(prepared: Prepared, split: Split) -> list[Row]:
