@@ -4,9 +4,9 @@ For a Qwen3-0.6B-shaped model (random weights, from its config JSON) and SmolLM2
 pretrained weights, or random weights from its hard-coded config), in bf16 on one GPU, it
 measures, on one batch of `--prompts` distinct random-id prompts × `--group` completions:
 
-- gspo sampling: `gspo_cli.policy.generate` at temperature 1 -> completion tokens / s;
-- gspo π_old: `gspo_cli.scoring.batched_logprobs` (no gradients), as `gspo train` runs it for
-  bf16 policies;
+- gspo sampling: `gspo_cli.rollout.sampling.generate` at temperature 1 -> completion tokens / s;
+- gspo π_old: `gspo_cli.scoring.completions.batched_logprobs` (no gradients), as `gspo train`
+  runs it for bf16 policies;
 - gspo update: `--minibatches` AdamW steps over the batch, each minibatch split into
   micro-batches of at most `--microbatch-tokens` padded tokens (as `gspo train` does), each a
   forward and backward of `completion_logprobs` with a sum-of-log-probs loss -> tokens / s and
@@ -34,8 +34,9 @@ head's matrix (tied or not), applied only at completion positions since only tho
 scored; the last term is attention's QKᵀ and AV over the full S × S square (not halved for
 the causal mask). MFU = FLOPs / seconds / peak, the peak being the H200's dense bf16 rate from
 NVIDIA's datasheet, 989 TFLOP/s (`--peak-tflops`; a large bf16 matrix product measured about
-790 on these machines). Packing a shared prompt once (`gspo_cli.packing`) does less work than
-these FLOPs, so gspo's figure is an "effective" MFU and can exceed what the tensor cores did.
+790 on these machines). Packing a shared prompt once (`gspo_cli.scoring.packing`) does less
+work than these FLOPs, so gspo's figure is an "effective" MFU and can exceed what the tensor
+cores did.
 
 Models. `--qwen3-config` defaults to `../shared/models/qwen3-configs/qwen3-0.6b.json`
 beside the repo. For SmolLM2, `--smollm2 DIR` loads a model directory; without it the script
@@ -433,7 +434,7 @@ def gspo_sample(
     model: Any, tokenizer: Any, prompts: list[str], args: argparse.Namespace, clock: Clock
 ) -> tuple[dict[str, Any], Any]:
     """`policy.generate` on the batch: figures, and the last generation (for the update)."""
-    from gspo_cli.policy import generate
+    from gspo_cli.rollout.sampling import generate
 
     n = len(prompts)
 
@@ -453,7 +454,7 @@ def gspo_old_logprobs(
     model: Any, gen: Any, args: argparse.Namespace, clock: Clock
 ) -> dict[str, Any]:
     """π_old: `scoring.batched_logprobs` over the batch, no gradients (bf16 policies need it)."""
-    from gspo_cli.scoring import batched_logprobs
+    from gspo_cli.scoring.completions import batched_logprobs
 
     def score(i: int) -> None:
         batched_logprobs(model, gen, temperature=1.0, max_tokens=args.microbatch_tokens)
@@ -465,9 +466,9 @@ def gspo_old_logprobs(
 
 def _logprob_fn() -> Callable[..., Any]:
     try:
-        from gspo_cli.scoring import completion_logprobs
+        from gspo_cli.scoring.completions import completion_logprobs
     except ImportError:  # before scoring.py existed
-        from gspo_cli.policy import completion_logprobs  # type: ignore[attr-defined,no-redef]
+        from gspo_cli.rollout.sampling import completion_logprobs  # type: ignore[attr-defined,no-redef]
     return completion_logprobs
 
 
@@ -478,7 +479,7 @@ def gspo_update(
     token-budget micro-batches of `completion_logprobs` forward + backward, as `gspo train`."""
     import torch
 
-    from gspo_cli import microbatch
+    from gspo_cli.scoring import microbatch
 
     completion_logprobs = _logprob_fn()
     n, t = gen.completion_mask.shape
@@ -542,7 +543,7 @@ def run_hf_generate(
     """transformers' `generate` on the same batch at temperature 1, top-k and top-p off."""
     import torch
 
-    from gspo_cli.policy import completion_mask, eos_ids
+    from gspo_cli.rollout.sampling import completion_mask, eos_ids
 
     distinct = random_prompts(args.prompts, args.prompt_tokens, vocab, seed=0)
     prompts = [prompt for prompt in distinct for _ in range(args.group)]

@@ -26,7 +26,7 @@ def _probe(shape: torch.Size) -> torch.Tensor:
 def measure(
     path: str, vocab: int, hidden: int, rows: int, tokens: int, chunk: int
 ) -> dict[str, float]:
-    from gspo_cli.logprobs import token_logprobs
+    from gspo_cli.scoring.chunked import token_logprobs
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gen = torch.Generator(device="cpu").manual_seed(0)

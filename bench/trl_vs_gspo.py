@@ -13,8 +13,8 @@ steps are `max_steps = 4 N` trainer steps.
 Each (side, seed) runs in its own subprocess, one after the other, so peak RSS is per run and
 neither side's threads compete with the other's. Seconds per step exclude model loading and
 evaluation; CPU seconds are the process's user+sys time over the same intervals. Held-out
-accuracy is measured by the same function (`gspo_cli.evaluate.greedy_accuracy`, 256 prompts,
-8 new tokens) on both sides' models before and after training. Results go to
+accuracy is measured by the same function (`gspo_cli.commands.evaluate.greedy_accuracy`,
+256 prompts, 8 new tokens) on both sides' models before and after training. Results go to
 `bench/results/<timestamp>.json`; the table is printed at the end.
 
 The functions take the settings table as an argument (default `SETTINGS`), so
@@ -134,7 +134,7 @@ def task_examples(split: str, settings: Settings = SETTINGS) -> list[Any]:
 def evaluate(model: Any, tokenizer: Any, settings: Settings = SETTINGS) -> float:
     """Greedy held-out accuracy, the same call for both sides."""
     from gspo_cli import rewards
-    from gspo_cli.greedy import greedy_accuracy
+    from gspo_cli.rollout.greedy import greedy_accuracy
 
     test = task_examples("test", settings)[: settings["eval_size"]]
     checker = rewards.get(settings["reward"])
@@ -146,7 +146,7 @@ def load_start(model_dir: Path) -> tuple[Any, Any]:
     """The starting model and tokenizer in float32 on CPU, padding on the left."""
     import torch
 
-    from gspo_cli.loading import load_policy
+    from gspo_cli.models.loading import load_policy
 
     return load_policy(str(model_dir), "float32", torch.device("cpu"), lambda _: None)
 
@@ -196,11 +196,11 @@ def run_gspo(
     settings: Settings = SETTINGS,
     start_accuracy: float | None = None,
 ) -> dict[str, Any]:
-    """`gspo_cli.train.run` in this process; per-step figures from its metrics rows. The start
-    model's accuracy is measured here unless given."""
-    from gspo_cli import train
-    from gspo_cli.metrics import read_metrics
+    """`gspo_cli.commands.train.run` in this process; per-step figures from its metrics rows.
+    The start model's accuracy is measured here unless given."""
+    from gspo_cli.commands import train
     from gspo_cli.recipe import load_recipe
+    from gspo_cli.rundir.metrics import read_metrics
 
     if start_accuracy is None:
         _, start_accuracy = _start_accuracy(model_dir, settings)
@@ -320,7 +320,7 @@ def trl_dataset(steps: int, seed: int, tokenizer: Any, settings: Settings = SETT
 
     from datasets import Dataset
 
-    from gspo_cli.bookkeeping import prompt_stream
+    from gspo_cli.commands.bookkeeping import prompt_stream
     from gspo_cli.data import render_prompt
 
     train = task_examples("train", settings)
@@ -472,7 +472,7 @@ def run_child(
     the tiny default unless `model_dir` is given."""
     import torch
 
-    from gspo_cli.tiny import ensure_tiny_model
+    from gspo_cli.models.tiny import ensure_tiny_model
 
     torch.set_num_threads(args.threads)
     model_dir = model_dir or ensure_tiny_model(print)

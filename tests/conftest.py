@@ -52,7 +52,7 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny Qwen3 + character tokenizer saved as a Hugging Face directory."""
-    from gspo_cli.tiny import build_model, build_tokenizer
+    from gspo_cli.models.tiny import build_model, build_tokenizer
 
     path = tmp_path_factory.mktemp("tiny-model")
     tokenizer = build_tokenizer()
@@ -65,7 +65,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_moe_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny Qwen3-MoE (8 experts, top-2) + character tokenizer, as a directory."""
-    from gspo_cli.tiny import build_moe_model, build_tokenizer
+    from gspo_cli.models.tiny import build_moe_model, build_tokenizer
 
     path = tmp_path_factory.mktemp("tiny-moe")
     tokenizer = build_tokenizer()
@@ -87,7 +87,7 @@ QWEN_TEMPLATE = (
 def qwen_style_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A local model directory: tiny Qwen3 + char tokenizer with a Qwen-style chat template
     (<|im_start|>/<|im_end|> turns, as Qwen's own template renders a single user turn)."""
-    from gspo_cli.tiny import build_model, build_tokenizer
+    from gspo_cli.models.tiny import build_model, build_tokenizer
 
     path = tmp_path_factory.mktemp("qwen-style")
     tokenizer = build_tokenizer()
@@ -115,7 +115,7 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def warm_tiny(_isolated_cache: None) -> Path:
     """The embedded default, built and warm-started once (about 35 s) into the session cache."""
-    from gspo_cli.tiny import ensure_tiny_model
+    from gspo_cli.models.tiny import ensure_tiny_model
 
     return ensure_tiny_model(lambda _: None)
 

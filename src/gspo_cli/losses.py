@@ -28,8 +28,8 @@ from typing import get_args
 import torch
 from torch import Tensor
 
-from gspo_cli.constants import AdvantageScale as AdvantageScale
-from gspo_cli.constants import Mode as Mode
+from gspo_cli.base.constants import AdvantageScale as AdvantageScale
+from gspo_cli.base.constants import Mode as Mode
 
 _MODES: tuple[str, ...] = get_args(Mode)
 _SCALES: tuple[str, ...] = get_args(AdvantageScale)

@@ -16,13 +16,14 @@ from typing import Any
 
 import torch
 
-from gspo_cli import distributed, microbatch, routing
-from gspo_cli.distributed import SINGLE, Cluster
+from gspo_cli.base import distributed
+from gspo_cli.base.distributed import SINGLE, Cluster
+from gspo_cli.base.seeding import derive
 from gspo_cli.losses import LossStats, kl_k3, policy_loss
 from gspo_cli.recipe import Recipe
-from gspo_cli.rollout import RolloutBatch
-from gspo_cli.scoring import completion_logprobs
-from gspo_cli.seeding import derive
+from gspo_cli.rollout.stages import RolloutBatch
+from gspo_cli.scoring import microbatch, routing
+from gspo_cli.scoring.completions import completion_logprobs
 
 
 @dataclass(frozen=True)

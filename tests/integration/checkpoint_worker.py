@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gspo_cli import distributed
-from gspo_cli.checkpoint import complete_checkpoints, damage, save_checkpoint
-from gspo_cli.errors import StorageError
+from gspo_cli.base import distributed
+from gspo_cli.base.errors import StorageError
+from gspo_cli.rundir.checkpoint import complete_checkpoints, damage, save_checkpoint
 
 
 def main() -> None:

@@ -11,10 +11,10 @@ import sys
 
 import torch
 
-from gspo_cli import distributed
-from gspo_cli.loading import load_policy
-from gspo_cli.policy import generate
-from gspo_cli.scoring import LogProbModel, completion_logprobs
+from gspo_cli.base import distributed
+from gspo_cli.models.loading import load_policy
+from gspo_cli.rollout.sampling import generate
+from gspo_cli.scoring.completions import LogProbModel, completion_logprobs
 
 
 def main(model_dir: str) -> None:

@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
-from gspo_cli import distributed, trainsetup
-from gspo_cli import train as trainer
+from gspo_cli.base import distributed
 from gspo_cli.cli import app
-from gspo_cli.scoring import causal_lm
+from gspo_cli.commands import train as trainer
+from gspo_cli.commands import trainsetup
+from gspo_cli.scoring.completions import causal_lm
 
 DUMP = Path(sys.argv[1])
 steps: list[dict[str, Any]] = []

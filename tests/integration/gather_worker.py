@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from gspo_cli import distributed, rollout
-from gspo_cli.policy import Generation
-from gspo_cli.routing import NO_EXPERT
+from gspo_cli.base import distributed
+from gspo_cli.rollout import stages as rollout
+from gspo_cli.rollout.sampling import Generation
+from gspo_cli.scoring.routing import NO_EXPERT
 
 
 def main() -> None:

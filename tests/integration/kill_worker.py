@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gspo_cli import safestate
+from gspo_cli.base import safestate
 from gspo_cli.cli import app
 
 KILL_AT = f"step_{int(sys.argv[1]):06d}"

@@ -80,7 +80,7 @@ RECIPES: dict[str, Case] = {
         "torch.serialization.save from torch",
     ),
     "reward from gspo itself": (
-        ["train", "--set", "reward=gspo_cli.checkpoint:link_final"],
+        ["train", "--set", "reward=gspo_cli.rundir.checkpoint:link_final"],
         {},
         2,
         "a library gspo runs on",
@@ -339,7 +339,7 @@ def _create(root: Path, files: Files) -> None:
 def test_refused(case: str, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The case's command exits with its code and one line holding the fragment; nothing under
     the working directory is created, changed or removed."""
-    from gspo_cli import train as trainer
+    from gspo_cli.commands import train as trainer
 
     def reached(*_: Any, **__: Any) -> Any:  # a refusal that regressed fails, never trains
         raise AssertionError(f"{case}: reached training")
@@ -372,7 +372,7 @@ def test_interrupt_during_setup_says_nothing_was_saved(
 ) -> None:
     """Ctrl-C before the first checkpoint: the message names no directory to resume (the
     empty run directory and runs/ are removed), and says nothing was saved."""
-    from gspo_cli import train as trainer
+    from gspo_cli.commands import train as trainer
 
     def interrupted(*_: Any, **__: Any) -> Any:
         raise KeyboardInterrupt

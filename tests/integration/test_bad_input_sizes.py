@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gspo_cli import resources
+from gspo_cli.commands import resources
 
 from refusals import assert_refused
 

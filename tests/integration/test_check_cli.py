@@ -131,7 +131,7 @@ def test_train_with_a_nan_reward_fails_before_the_model_loads(
     def no_model(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("gspo_cli.trainsetup._build_policy", no_model)
+    monkeypatch.setattr("gspo_cli.commands.trainsetup._build_policy", no_model)
     out_dir = tmp_path / "run"
     result = runner.invoke(app, ["train", "--set", f"reward={spec}", "--out", str(out_dir), "-q"])
     assert result.exit_code == 2, result.output
@@ -158,7 +158,7 @@ def test_a_long_prompt_is_shown_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     """A 200,000-character prompt is shown as its first and last 1000 characters around a
     note of how many were cut, not printed whole. (The tiny model's context, 256 tokens,
     would drop it: here the model is taken to name no context length.)"""
-    from gspo_cli import resources
+    from gspo_cli.commands import resources
 
     monkeypatch.setattr(resources, "context_fit", lambda name, max_new_tokens: None)
     monkeypatch.chdir(tmp_path)

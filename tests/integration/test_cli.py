@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from gspo_cli import train as trainer
 from gspo_cli.cli import app, train_cmd
+from gspo_cli.commands import train as trainer
+from gspo_cli.commands.train import TrainSummary
 from gspo_cli.recipe import Recipe
-from gspo_cli.train import TrainSummary
 
 runner = CliRunner()
 
@@ -220,8 +220,8 @@ def test_eval_passes_the_runs_recipe_with_overrides(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A run directory: its recipe.yaml plus --set/--data reach evaluate.run, output in the run."""
-    from gspo_cli import evaluate
-    from gspo_cli.evaluate import EvalReport
+    from gspo_cli.commands import evaluate
+    from gspo_cli.commands.evaluate import EvalReport
 
     run = tmp_path / "run"
     (run / "final").mkdir(parents=True)

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from gspo_cli import train as trainer
 from gspo_cli.cli import app
+from gspo_cli.commands import train as trainer
+from gspo_cli.commands.train import TrainSummary
 from gspo_cli.recipe import Recipe
-from gspo_cli.train import TrainSummary
 
 from cli_runs import write_fake_run
 
@@ -214,7 +214,7 @@ def test_interrupt_names_the_compare_command(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Ctrl-C during a run exits 130 and says how to resume the whole comparison."""
-    from gspo_cli.errors import Interrupted
+    from gspo_cli.base.errors import Interrupted
 
     monkeypatch.chdir(tmp_path)
 

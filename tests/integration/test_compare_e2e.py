@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gspo_cli.metrics import read_metrics
+from gspo_cli.rundir.metrics import read_metrics
 
 from cli_runs import SMALL, run_cli
 

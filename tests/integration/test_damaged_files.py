@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import torch
 
-from gspo_cli import safestate, tiny
-from gspo_cli.checkpoint import STATE_FILES, complete_checkpoints, damage
-from gspo_cli.runfiles import LEGACY_STATE_FILE, MANIFEST_FILE, STATE_STEM
-from gspo_cli.storage import file_hashes
+from gspo_cli.base import safestate
+from gspo_cli.base.storage import file_hashes
+from gspo_cli.models import tiny
+from gspo_cli.rundir.checkpoint import STATE_FILES, complete_checkpoints, damage
+from gspo_cli.rundir.paths import LEGACY_STATE_FILE, MANIFEST_FILE, STATE_STEM
 
 from cli_runs import SMALL, run_cli, train
 from refusals import assert_refused

@@ -15,8 +15,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from gspo_cli.checkpoint import complete_checkpoints
-from gspo_cli.metrics import read_metrics
+from gspo_cli.rundir.checkpoint import complete_checkpoints
+from gspo_cli.rundir.metrics import read_metrics
 
 from cli_runs import (
     SMALL,

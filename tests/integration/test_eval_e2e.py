@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gspo_cli.evaluate import pass_at_k
-from gspo_cli.metrics import read_metrics
+from gspo_cli.commands.evaluate import pass_at_k
+from gspo_cli.rundir.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 

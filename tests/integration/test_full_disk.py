@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from gspo_cli.checkpoint import complete_checkpoints, damage
-from gspo_cli.errors import StorageError
-from gspo_cli.metrics import MetricsWriter
-from gspo_cli.runfiles import MANIFEST_FILE
+from gspo_cli.base.errors import StorageError
+from gspo_cli.rundir.checkpoint import complete_checkpoints, damage
+from gspo_cli.rundir.metrics import MetricsWriter
+from gspo_cli.rundir.paths import MANIFEST_FILE
 
 from cli_runs import SMALL, cli_env, run_cli, train, write_fake_run
 from refusals import message_lines
@@ -183,7 +183,7 @@ def test_checkpoint_write_failure_keeps_the_previous_one(
 ) -> None:
     """ENOSPC from safetensors while writing a checkpoint (patched): the staging directory
     is removed, the previous checkpoint verifies, and nothing is pruned."""
-    from gspo_cli.checkpoint import save_checkpoint
+    from gspo_cli.rundir.checkpoint import save_checkpoint
 
     run = tmp_path / "run"
     run.mkdir()

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gspo_cli.compare import plan_runs
+from gspo_cli.commands.compare import plan_runs
 
 from cli_runs import cli_env, write_fake_run
 

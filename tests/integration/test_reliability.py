@@ -14,14 +14,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from gspo_cli import train as trainer
 from gspo_cli import update as updating
-from gspo_cli.checkpoint import complete_checkpoints, new_run_dir
-from gspo_cli.errors import TrainingError
+from gspo_cli.base.errors import TrainingError
+from gspo_cli.commands import train as trainer
 from gspo_cli.losses import LossStats
-from gspo_cli.metrics import read_metrics
 from gspo_cli.recipe import load_recipe
-from gspo_cli.runfiles import MANIFEST_FILE
+from gspo_cli.rundir.checkpoint import complete_checkpoints, new_run_dir
+from gspo_cli.rundir.metrics import read_metrics
+from gspo_cli.rundir.paths import MANIFEST_FILE
 
 from cli_runs import SMALL, cli_args, cli_env, run_cli, train, without_timing
 
@@ -192,7 +192,7 @@ def test_stop_request_flags_first_signal_and_aborts_on_second() -> None:
     """The first SIGTERM sets the flag; a second signal raises KeyboardInterrupt."""
     import os
 
-    from gspo_cli.interrupt import StopRequest
+    from gspo_cli.base.interrupt import StopRequest
 
     with StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGTERM)

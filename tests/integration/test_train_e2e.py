@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from gspo_cli.metrics import read_metrics
 from gspo_cli.recipe import load_recipe
+from gspo_cli.rundir.metrics import read_metrics
 
 from cli_runs import SMALL, train, without_timing
 

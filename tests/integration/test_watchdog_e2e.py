@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import torch
 
-from gspo_cli.checkpoint import complete_checkpoints
 from gspo_cli.losses import group_advantages
-from gspo_cli.metrics import read_metrics
-from gspo_cli.runfiles import MANIFEST_FILE
+from gspo_cli.rundir.checkpoint import complete_checkpoints
+from gspo_cli.rundir.metrics import read_metrics
+from gspo_cli.rundir.paths import MANIFEST_FILE
 
 from cli_runs import SMALL, run_cli, train, without_timing
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gspo_cli import compare
-from gspo_cli.compare import RunProblem, Stat
+from gspo_cli.commands import compare
+from gspo_cli.commands.compare import RunProblem, Stat
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -316,7 +316,7 @@ def test_plan_runs_modes_clips_and_seeds(tmp_path: Path) -> None:
 
 def test_plan_runs_rejects_unknown_algorithm(tmp_path: Path) -> None:
     """A misspelt algorithm is a user error naming the choices."""
-    from gspo_cli.errors import UserError
+    from gspo_cli.base.errors import UserError
 
     with pytest.raises(
         UserError, match=r"unknown algorithm 'ppo'; choose from gspo, gspo_token, grpo"

@@ -10,12 +10,18 @@ from typing import Any
 import pytest
 
 from gspo_cli import data
+from gspo_cli.base.errors import DataError
+from gspo_cli.commands.prepare import (
+    content_hash,
+    load_split,
+    load_task,
+    prepare,
+    tokenizer_fingerprint,
+)
 from gspo_cli.data import addition_examples, countdown_examples
-from gspo_cli.errors import DataError
-from gspo_cli.prepare import content_hash, load_split, load_task, prepare, tokenizer_fingerprint
+from gspo_cli.models.tiny import build_tokenizer
 from gspo_cli.recipe import TASK_DEFAULTS, DataSection
 from gspo_cli.rewards import countdown
-from gspo_cli.tiny import build_tokenizer
 
 # What the conftest's Qwen-style template wraps around a single user turn.
 QWEN_HEAD, QWEN_TAIL = "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"
@@ -91,7 +97,7 @@ def test_gsm8k_length_limit_drops_and_counts(gsm8k_dir: Path, char_tokenizer: An
 
 def test_gsm8k_with_a_qwen_style_chat_template(gsm8k_dir: Path, qwen_style_model_dir: Path) -> None:
     """Prompts are rendered with the chat template; the limit counts the template's tokens."""
-    from gspo_cli.loading import load_tokenizer
+    from gspo_cli.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(qwen_style_model_dir), lambda _: None)
     result = prepare(section(task="gsm8k", source=str(gsm8k_dir)), tokenizer, model_name="q")

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gspo_cli.errors import ModelError
-from gspo_cli.evaluate import ks_for, majority, pass_at_k, resolve_target, scores_for
+from gspo_cli.base.errors import ModelError
+from gspo_cli.commands.evaluate import ks_for, majority, pass_at_k, resolve_target, scores_for
 
 # --- pass@k ----------------------------------------------------------------------------------
 
@@ -145,7 +145,7 @@ def test_doctest_examples_hold() -> None:
     """The doctest examples in evaluate.py (pass@k, ks, majority) are true."""
     import doctest
 
-    from gspo_cli import evaluate
+    from gspo_cli.commands import evaluate
 
     result = doctest.testmod(evaluate)
     assert result.attempted > 0 and result.failed == 0, result

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import torch
 
-from gspo_cli import scoring
 from gspo_cli.data import render_prompt
-from gspo_cli.policy import generate
+from gspo_cli.rollout.sampling import generate
+from gspo_cli.scoring import completions as scoring
 
 from families import FAMILIES, SMOLLM2_SHARED, bpe_tokenizer, build_family
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import torch
 
-from gspo_cli.checkpoint import new_run_dir, save_model_dir, write_text_atomic
-from gspo_cli.errors import StorageError, UserError
-from gspo_cli.metrics import MetricsWriter, read_metrics
-from gspo_cli.runfiles import METRICS_FILE, checkpoint_dir
-from gspo_cli.tiny import build_model, build_tokenizer
+from gspo_cli.base.errors import StorageError, UserError
+from gspo_cli.models.tiny import build_model, build_tokenizer
+from gspo_cli.rundir.checkpoint import new_run_dir, save_model_dir, write_text_atomic
+from gspo_cli.rundir.metrics import MetricsWriter, read_metrics
+from gspo_cli.rundir.paths import METRICS_FILE, checkpoint_dir
 
 STAMP_RE = r"\d{8}-\d{6}"
 

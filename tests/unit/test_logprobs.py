@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gspo_cli.logprobs import token_logprobs
+from gspo_cli.scoring.chunked import token_logprobs
 
 
 def naive(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float):
@@ -64,8 +64,8 @@ def test_chunk_default_is_the_recipes() -> None:
     """Called without a recipe, the log-prob functions chunk as the default recipe does."""
     import inspect
 
-    from gspo_cli import scoring
     from gspo_cli.recipe import load_recipe
+    from gspo_cli.scoring import completions as scoring
 
     recipe_default = load_recipe(None).train.logprob_chunk_tokens
     for function in (token_logprobs, scoring.completion_logprobs, scoring.batched_logprobs):

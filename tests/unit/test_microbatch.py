@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from gspo_cli import microbatch
-from gspo_cli.loading import load_policy
 from gspo_cli.losses import group_advantages
-from gspo_cli.policy import generate
+from gspo_cli.models.loading import load_policy
 from gspo_cli.recipe import load_recipe
-from gspo_cli.rollout import RolloutBatch
-from gspo_cli.scoring import batched_logprobs, completion_logprobs
+from gspo_cli.rollout.sampling import generate
+from gspo_cli.rollout.stages import RolloutBatch
+from gspo_cli.scoring import microbatch
+from gspo_cli.scoring.completions import batched_logprobs, completion_logprobs
 from gspo_cli.update import accumulate_gradients
 
 # Four rows, P = 4 prompt columns (left-padded), T = 3 completion columns (right-padded).
@@ -119,7 +119,7 @@ def test_chunked_head_equals_full_logits(
     rollout: tuple[object, RolloutBatch], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The chunked log-prob path and the full-logits fallback agree on a real model."""
-    from gspo_cli import scoring
+    from gspo_cli.scoring import completions as scoring
 
     model, batch = rollout
     gen = batch.gen

@@ -11,11 +11,12 @@ import pytest
 import torch
 from torch import Tensor
 
-from gspo_cli import policy, scoring
-from gspo_cli.loading import load_policy
-from gspo_cli.packing import pack_rows
-from gspo_cli.policy import RowSampler, decode
-from gspo_cli.scoring import completion_logprobs
+from gspo_cli.models.loading import load_policy
+from gspo_cli.rollout import sampling as policy
+from gspo_cli.rollout.sampling import RowSampler, decode
+from gspo_cli.scoring import completions as scoring
+from gspo_cli.scoring.completions import completion_logprobs
+from gspo_cli.scoring.packing import pack_rows
 
 CPU = torch.device("cpu")
 PAD = 0

@@ -1,4 +1,4 @@
-"""Unit tests for gspo_cli.policy: stop masks, log-probabilities, generation and loading.
+"""Unit tests for gspo_cli.rollout.sampling: stop masks, log-probabilities, generation and loading.
 
 The models are the untrained tiny Qwen3 from `tiny_model_dir` and, where a completion has to
 stop, a copy of it overfitted in well under a second to a handful of fixed prompt -> answer
@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from gspo_cli.errors import ModelError
-from gspo_cli.loading import load_policy, pick_dtype
-from gspo_cli.policy import completion_mask, eos_ids, generate
-from gspo_cli.scoring import completion_logprobs
-from gspo_cli.tiny import build_model, build_tokenizer
+from gspo_cli.base.errors import ModelError
+from gspo_cli.models.loading import load_policy, pick_dtype
+from gspo_cli.models.tiny import build_model, build_tokenizer
+from gspo_cli.rollout.sampling import completion_mask, eos_ids, generate
+from gspo_cli.scoring.completions import completion_logprobs
 
 CPU = torch.device("cpu")
 ATOL = 1e-5

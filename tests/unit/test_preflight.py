@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from gspo_cli import microbatch, rewards
+from gspo_cli import rewards
+from gspo_cli.base.errors import RecipeError, RewardError
+from gspo_cli.commands.preflight import batch_plan
+from gspo_cli.commands.reward_probes import MALFORMED, probe_rewards, require_working_rewards
 from gspo_cli.data import Example, addition_examples, countdown_examples, countdown_reference
-from gspo_cli.errors import RecipeError, RewardError
-from gspo_cli.preflight import batch_plan
 from gspo_cli.recipe import load_recipe
-from gspo_cli.rewards.probes import MALFORMED, probe_rewards, require_working_rewards
+from gspo_cli.scoring import microbatch
 
 SMALL = [
     "rollout.prompts_per_step=8",

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import torch
 
+from gspo_cli.commands.prepare import prepare
 from gspo_cli.data import render_prompt
-from gspo_cli.loading import load_tokenizer
-from gspo_cli.policy import eos_ids, generate
-from gspo_cli.prepare import prepare
+from gspo_cli.models.loading import load_tokenizer
 from gspo_cli.recipe import DataSection
+from gspo_cli.rollout.sampling import eos_ids, generate
 
 from families import QWEN3_TOKENIZER, qwen3_shaped
 

@@ -13,16 +13,16 @@ import pytest
 import torch
 from torch import Tensor
 
-from gspo_cli import distributed
-from gspo_cli.distributed import Cluster, from_env
-from gspo_cli.errors import RecipeError, UserError
-from gspo_cli.loading import load_policy
+from gspo_cli.base import distributed
+from gspo_cli.base.distributed import Cluster, from_env
+from gspo_cli.base.errors import RecipeError, UserError
+from gspo_cli.base.seeding import derive
 from gspo_cli.losses import group_advantages
-from gspo_cli.policy import RowSampler, generate, top_p_filter
+from gspo_cli.models.loading import load_policy
 from gspo_cli.recipe import check_world_size, load_recipe
-from gspo_cli.rollout import RolloutBatch
-from gspo_cli.scoring import LogProbModel, completion_logprobs
-from gspo_cli.seeding import derive
+from gspo_cli.rollout.sampling import RowSampler, generate, top_p_filter
+from gspo_cli.rollout.stages import RolloutBatch
+from gspo_cli.scoring.completions import LogProbModel, completion_logprobs
 from gspo_cli.update import _idle_pass, accumulate_gradients, minibatch_order
 
 CPU = torch.device("cpu")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from gspo_cli.errors import RecipeError
+from gspo_cli.base.errors import RecipeError
 from gspo_cli.recipe import DEFAULT_CLIP, Recipe, load_recipe, validate, warnings_for
 
 REPO = Path(__file__).resolve().parents[2]

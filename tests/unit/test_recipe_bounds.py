@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gspo_cli.errors import RecipeError
+from gspo_cli.base.errors import RecipeError
 from gspo_cli.recipe import MAX_COMPLETIONS, load_recipe
 
 # (dotted key, the largest accepted value); each alone keeps the default recipe valid

@@ -9,7 +9,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gspo_cli.errors import RecipeError
+from gspo_cli.base.errors import RecipeError
 from gspo_cli.recipe import Recipe, load_recipe
 
 # Real key names make the fuzzer reach the nested validators, not just the unknown-key check.

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from gspo_cli import resources
-from gspo_cli.errors import DataError, UserError
-from gspo_cli.prepare import ContextFit, fit_context
+from gspo_cli.base.errors import DataError, UserError
+from gspo_cli.commands import resources
+from gspo_cli.commands.prepare import ContextFit, fit_context
+from gspo_cli.commands.resources import ModelShape, estimate, model_shape
+from gspo_cli.models.tiny import TINY_MODEL_NAME, tiny_config
 from gspo_cli.recipe import load_recipe, read_yaml, validate
-from gspo_cli.resources import ModelShape, estimate, model_shape
-from gspo_cli.tiny import TINY_MODEL_NAME, tiny_config
 
 from families import QWEN3_CONFIG, SMOLLM2_SHARED
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from gspo_cli import rewards
+from gspo_cli.base.errors import RewardError, UserError
 from gspo_cli.data import gsm8k_reference
-from gspo_cli.errors import RewardError, UserError
 from gspo_cli.rewards import REGISTRY, checker, combine, extractor, get, label, score
 from gspo_cli.rewards.countdown import countdown, evaluate
 from gspo_cli.rewards.format import format_answer_tag, format_boxed, format_gsm8k

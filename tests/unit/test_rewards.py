@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gspo_cli.errors import RewardError, UserError
+from gspo_cli.base.errors import RewardError, UserError
 from gspo_cli.rewards import REGISTRY, exact, get, score
 
 # --- exact -----------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def test_reward_error_is_not_a_user_error() -> None:
         ("os:remove", "is a builtin_function_or_method, not a plain Python function"),
         ("functools:partial", "is a type, not a plain Python function"),
         ("yaml:dump", "yaml.dump from yaml, a library gspo runs on"),
-        ("gspo_cli.checkpoint:link_final", "from gspo_cli, a library gspo runs on"),
+        ("gspo_cli.rundir.checkpoint:link_final", "from gspo_cli, a library gspo runs on"),
     ],
 )
 def test_user_reward_must_be_a_function_of_the_users_own_code(spec: str, fragment: str) -> None:

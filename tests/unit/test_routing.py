@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 import torch
 
-from gspo_cli import microbatch, routing
-from gspo_cli.errors import UserError
-from gspo_cli.loading import load_policy
-from gspo_cli.metrics import read_metrics
-from gspo_cli.policy import Generation, generate
+from gspo_cli.base.errors import UserError
+from gspo_cli.commands.train import run
+from gspo_cli.models.loading import load_policy
 from gspo_cli.recipe import load_recipe
-from gspo_cli.scoring import batched_logprobs, completion_logprobs
-from gspo_cli.train import run
+from gspo_cli.rollout.sampling import Generation, generate
+from gspo_cli.rundir.metrics import read_metrics
+from gspo_cli.scoring import microbatch, routing
+from gspo_cli.scoring.completions import batched_logprobs, completion_logprobs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gspo_cli import safestate
-from gspo_cli.checkpoint import load_trainer_state
-from gspo_cli.errors import CheckpointError
-from gspo_cli.runfiles import LEGACY_STATE_FILE, STATE_STEM
+from gspo_cli.base import safestate
+from gspo_cli.base.errors import CheckpointError
+from gspo_cli.rundir.checkpoint import load_trainer_state
+from gspo_cli.rundir.paths import LEGACY_STATE_FILE, STATE_STEM
 
 
 def _optimiser_after_two_steps() -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from gspo_cli.data import ADDITION_TEST_SIZE, addition_examples
-from gspo_cli.tiny import EOS, PAD, build_model, build_tokenizer
+from gspo_cli.models.tiny import EOS, PAD, build_model, build_tokenizer
 
 # Vocabulary order: <pad>=0, <eos>=1, <unk>=2, '0'..'9'=3..12, 'a'..'z'=13..38, then
 # '+'=39, '-'=40, '*'=41, '/'=42, '='=43, ...
@@ -172,8 +172,8 @@ def test_addition_split_ignores_the_global_rng() -> None:
 
 def test_moe_twin_is_cached_apart_and_accepted_as_a_model_name() -> None:
     """tiny-qwen3-moe has its own versioned cache directory and is a known model name."""
-    from gspo_cli.loading import check_model_source
-    from gspo_cli.tiny import TINY_MOE_NAME, tiny_model_dir
+    from gspo_cli.models.loading import check_model_source
+    from gspo_cli.models.tiny import TINY_MOE_NAME, tiny_model_dir
 
     assert tiny_model_dir(TINY_MOE_NAME).name == "tiny-qwen3-moe-v1"
     assert tiny_model_dir().name == "tiny-qwen3-v1"
@@ -182,7 +182,7 @@ def test_moe_twin_is_cached_apart_and_accepted_as_a_model_name() -> None:
 
 def test_moe_model_from_config_has_top2_of_8_experts_in_every_layer() -> None:
     """Four MoE layers, 8 experts each, top-2 with renormalised weights."""
-    from gspo_cli.tiny import build_moe_model
+    from gspo_cli.models.tiny import build_moe_model
 
     tokenizer = build_tokenizer()
     model = build_moe_model(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from gspo_cli import watchdog
-from gspo_cli.watchdog import Watchdog
+from gspo_cli.rundir import watchdog
+from gspo_cli.rundir.watchdog import Watchdog
 
 # A run that learns: some groups have signal, nothing truncated, minibatches 2..N clip.
 HEALTHY = {

@@ -24,15 +24,15 @@ from rich.progress import (
 )
 
 from gspo_cli import __version__
-from gspo_cli.cli.listparse import OneLineUsageGroup
-from gspo_cli.cli.outputs import (
-    check_output_dir,
-)
-from gspo_cli.errors import (
+from gspo_cli.base.errors import (
     GspoError,
     Interrupted,
     UserError,
     WatchdogStop,
+)
+from gspo_cli.cli.listparse import OneLineUsageGroup
+from gspo_cli.cli.outputs import (
+    check_output_dir,
 )
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ def prepare_runtime() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
 
-    from gspo_cli.runfiles import cache_root
+    from gspo_cli.rundir.paths import cache_root
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()

@@ -9,7 +9,7 @@ import typer
 import typer.core
 from rich.table import Table
 
-from gspo_cli.errors import (
+from gspo_cli.base.errors import (
     RecipeError,
     UserError,
 )
@@ -45,8 +45,9 @@ def check(recipe: RecipeArg = None, set_: SetOpt = None, nproc: CheckNprocOpt = 
     with user_errors():
         loaded = load_recipe_with_warnings(recipe, set_)
         source = f"recipe {recipe}" if recipe is not None else "the default recipe"
-        from gspo_cli import preflight, rewards
-        from gspo_cli.rewards import probes
+        from gspo_cli import rewards
+        from gspo_cli.commands import preflight
+        from gspo_cli.commands import reward_probes as probes
 
         console.print(
             f"{source} is valid: {loaded.algo.mode}, model {loaded.model.name}, task "
@@ -82,10 +83,10 @@ def _check_data(loaded: Recipe, problems: list[str]) -> tuple[Any, list[Any], in
     """(tokenizer, training examples, longest prompt in tokens), preparing the data when it
     is not yet. Without a tokenizer the rewards are still probed on the unprepared examples;
     each failure is added to `problems` and leaves its part out (None, [])."""
+    from gspo_cli.commands.prepare import load_task
+    from gspo_cli.commands.resources import check_room, context_fit
     from gspo_cli.data import locate_source, source_examples
-    from gspo_cli.loading import check_model_source, load_tokenizer
-    from gspo_cli.prepare import load_task
-    from gspo_cli.resources import check_room, context_fit
+    from gspo_cli.models.loading import check_model_source, load_tokenizer
 
     tokenizer = fit = None
     try:
@@ -109,7 +110,7 @@ def _check_data(loaded: Recipe, problems: list[str]) -> tuple[Any, list[Any], in
 
 def _check_memory(loaded: Recipe, nproc: int, problems: list[str]) -> None:
     """Show the step's memory estimate, part by part; a problem when it does not fit."""
-    from gspo_cli import resources
+    from gspo_cli.commands import resources
 
     try:
         estimated = resources.estimate_for(loaded, nproc)
@@ -209,7 +210,7 @@ def _span(values: list[float]) -> str:
     return f"{low:g}" if low == high else f"{low:g} to {high:g}"
 
 
-def _show_probe(probe: Any, label: str) -> None:  # a rewards.probes.RewardProbe
+def _show_probe(probe: Any, label: str) -> None:  # a commands.reward_probes.RewardProbe
     if probe.correct and probe.malformed:
         console.print(
             f"reward {label} on {probe.examples} prepared examples: correct answers score "

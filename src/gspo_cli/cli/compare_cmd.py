@@ -10,6 +10,11 @@ import typer
 import typer.core
 from rich.table import Table
 
+from gspo_cli.base.errors import (
+    GspoError,
+    Interrupted,
+    UserError,
+)
 from gspo_cli.cli.listparse import ListOptionsCommand
 from gspo_cli.cli.outputs import (
     check_output_dir,
@@ -17,15 +22,10 @@ from gspo_cli.cli.outputs import (
     first_missing,
     remove_empty,
 )
-from gspo_cli.errors import (
-    GspoError,
-    Interrupted,
-    UserError,
-)
-from gspo_cli.runfiles import RUNS_ROOT, SUMMARY_PNG, fresh_dir
+from gspo_cli.rundir.paths import RUNS_ROOT, SUMMARY_PNG, fresh_dir
 
 if TYPE_CHECKING:
-    from gspo_cli.compare import AlgoSummary, PlannedRun
+    from gspo_cli.commands.compare import AlgoSummary, PlannedRun
     from gspo_cli.recipe import Recipe
 
 from gspo_cli.cli.base import QuietOpt, SetOpt, app, console, prepare_runtime, user_errors, warn
@@ -72,7 +72,7 @@ def compare(
 ) -> None:
     """Run GSPO vs GRPO (per seed) and compare: a table, report.md and PNG plots."""
     with user_errors():
-        from gspo_cli import compare as comparing
+        from gspo_cli.commands import compare as comparing
 
         paths = list(targets or [])
         if _are_run_dirs(paths):
@@ -112,7 +112,7 @@ def compare(
 
 
 def _check_report_place(out_dir: Path) -> None:
-    from gspo_cli.runfiles import REPORT_FILE
+    from gspo_cli.rundir.paths import REPORT_FILE
 
     check_output_dir(out_dir, "the comparison into", files=(REPORT_FILE, SUMMARY_PNG))
 
@@ -123,7 +123,7 @@ def _are_run_dirs(paths: list[Path]) -> bool:
 
 
 def _comparison_table(groups: list[AlgoSummary]) -> Table:
-    from gspo_cli import compare as comparing
+    from gspo_cli.commands import compare as comparing
 
     table = Table(title="GSPO / GRPO comparison (mean ± std over seeds)")
     table.add_column("algorithm", no_wrap=True)
@@ -150,7 +150,7 @@ def _run_comparison(
 ) -> tuple[list[Path], Path, str]:
     """Train (or reuse, or resume) one run per algorithm and seed; return their dirs, the
     comparison directory and the command that resumes it."""
-    from gspo_cli import compare as comparing
+    from gspo_cli.commands import compare as comparing
     from gspo_cli.recipe import read_yaml, warnings_for
 
     raw = read_yaml(recipe) if recipe is not None else {}
@@ -162,7 +162,7 @@ def _run_comparison(
     for note in dict.fromkeys([*notes, *(w for p in planned for w in warnings_for(p.recipe))]):
         warn(note)
     prepare_runtime()
-    from gspo_cli import train as trainer
+    from gspo_cli.commands import train as trainer
 
     for p in planned:
         trainer.preflight(p.recipe)
@@ -184,9 +184,9 @@ def _run_comparison(
 
 def _train_one(planned: PlannedRun, label: str, command: str, quiet: bool) -> None:
     """One run of a comparison: reused when finished, resumed or restarted when not."""
-    from gspo_cli import compare as comparing
-    from gspo_cli import train as trainer
-    from gspo_cli.checkpoint import complete_checkpoints, new_run_dir
+    from gspo_cli.commands import compare as comparing
+    from gspo_cli.commands import train as trainer
+    from gspo_cli.rundir.checkpoint import complete_checkpoints, new_run_dir
 
     recipe, run_dir = planned.recipe, planned.run_dir
     state = comparing.run_state(run_dir, recipe.train.steps)
@@ -228,7 +228,7 @@ def _train_one(planned: PlannedRun, label: str, command: str, quiet: bool) -> No
 def _check_same_recipe(run_dir: Path, recipe: Recipe, finished: bool) -> None:
     """A run found in the comparison directory must have been trained with this recipe."""
     from gspo_cli.recipe import load_recipe, resume_changes
-    from gspo_cli.runfiles import RECIPE_FILE
+    from gspo_cli.rundir.paths import RECIPE_FILE
 
     if not (run_dir / RECIPE_FILE).is_file():
         return

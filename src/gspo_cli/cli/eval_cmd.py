@@ -12,7 +12,7 @@ from rich.table import Table
 from gspo_cli.cli.outputs import (
     check_output_dir,
 )
-from gspo_cli.runfiles import EVALS_ROOT, fresh_dir
+from gspo_cli.rundir.paths import EVALS_ROOT, fresh_dir
 
 if TYPE_CHECKING:
     pass
@@ -83,9 +83,9 @@ def eval_(
 ) -> None:
     """Evaluate a model: greedy pass@1, and with --samples pass@k and maj@N."""
     with user_errors():
-        from gspo_cli.evaluate import resolve_target
+        from gspo_cli.commands.evaluate import resolve_target
         from gspo_cli.recipe import load_recipe
-        from gspo_cli.runfiles import EVAL_FILE, SAMPLES_FILE
+        from gspo_cli.rundir.paths import EVAL_FILE, SAMPLES_FILE
 
         target = resolve_target(path)
         recipe_file = recipe or target.recipe_file
@@ -96,7 +96,7 @@ def eval_(
             out_dir, "eval.json and samples.jsonl into", files=(EVAL_FILE, SAMPLES_FILE)
         )
         prepare_runtime()
-        from gspo_cli import evaluate
+        from gspo_cli.commands import evaluate
 
         bar = progress_bar("eval", quiet)
         task = bar.add_task("completions", total=None)

@@ -1,7 +1,7 @@
 """How `gspo` reads its command line beyond plain click: several values after one flag, and
 a usage mistake (unknown option, bad value, missing argument) as one `error:` line, exit 2.
 
-Only `cli.py` imports this module; nothing here reads the working directory, so the same
+Only `cli` imports this module; nothing here reads the working directory, so the same
 arguments always parse the same way.
 """
 
@@ -17,7 +17,7 @@ import typer.core
 from rich.console import Console
 from rich.markup import escape
 
-from gspo_cli.errors import UserError
+from gspo_cli.base.errors import UserError
 
 err_console = Console(stderr=True, soft_wrap=True)
 

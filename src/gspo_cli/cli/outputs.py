@@ -14,9 +14,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from gspo_cli.errors import UserError
-from gspo_cli.manifest import complete_checkpoints
-from gspo_cli.runfiles import FINAL_DIR
+from gspo_cli.base.errors import UserError
+from gspo_cli.rundir.manifest import complete_checkpoints
+from gspo_cli.rundir.paths import FINAL_DIR
 
 
 def first_missing(path: Path) -> Path | None:

@@ -38,8 +38,8 @@ def prepare_(
     with user_errors():
         loaded = load_recipe_with_warnings(recipe, set_)
         prepare_runtime()
-        from gspo_cli import prepare as preparing
-        from gspo_cli.loading import load_tokenizer
+        from gspo_cli.commands import prepare as preparing
+        from gspo_cli.models.loading import load_tokenizer
 
         tokenizer = load_tokenizer(loaded.model.name, announce)
         bar = progress_bar("prepare", quiet)

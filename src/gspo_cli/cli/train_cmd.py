@@ -13,6 +13,12 @@ import typer
 import typer.core
 from rich.table import Table
 
+from gspo_cli.base.errors import (
+    GspoError,
+    RecipeError,
+    StorageError,
+    UserError,
+)
 from gspo_cli.cli.outputs import (
     abort_message,
     check_output_dir,
@@ -20,16 +26,10 @@ from gspo_cli.cli.outputs import (
     full_disk_message,
     remove_empty,
 )
-from gspo_cli.errors import (
-    GspoError,
-    RecipeError,
-    StorageError,
-    UserError,
-)
-from gspo_cli.runfiles import RUNS_ROOT
+from gspo_cli.rundir.paths import RUNS_ROOT
 
 if TYPE_CHECKING:
-    from gspo_cli.distributed import Cluster
+    from gspo_cli.base.distributed import Cluster
     from gspo_cli.recipe import Recipe
 
 from gspo_cli.cli.base import (
@@ -106,7 +106,7 @@ def train(
         if launched is None and nproc > 1:
             _exec_torchrun(nproc, _forwarded(recipe, set_, out, resume, quiet))
         prepare_runtime()
-        from gspo_cli import distributed
+        from gspo_cli.base import distributed
 
         with distributed.session(distributed.from_env()) as cluster:
             _train_here(loaded, out, resume, quiet, cluster)
@@ -160,9 +160,9 @@ def _train_here(
     loaded: Recipe, out: Path | None, resume: Path | None, quiet: bool, cluster: Cluster
 ) -> None:
     """Run the training core in this process (one of N under torchrun) and render it."""
-    from gspo_cli import train as trainer
-    from gspo_cli.checkpoint import new_run_dir
-    from gspo_cli.preflight import batch_plan
+    from gspo_cli.commands import train as trainer
+    from gspo_cli.commands.preflight import batch_plan
+    from gspo_cli.rundir.checkpoint import new_run_dir
 
     estimated = _on_rank_zero(cluster, lambda: trainer.preflight(loaded, cluster.world_size))
     view = TrainView(loaded.train.steps, quiet)
@@ -219,8 +219,8 @@ def _train_here(
 def _resume_point(run_dir: Path) -> Path:
     """The checkpoint to resume from; a run without one is the user's input (exit 2), and as a
     UserError every rank learns of it instead of waiting for rank 0."""
-    from gspo_cli.checkpoint import latest_checkpoint
-    from gspo_cli.errors import CheckpointError
+    from gspo_cli.base.errors import CheckpointError
+    from gspo_cli.rundir.checkpoint import latest_checkpoint
 
     try:
         return latest_checkpoint(run_dir, warn)
@@ -231,7 +231,7 @@ def _resume_point(run_dir: Path) -> Path:
 def _on_rank_zero(cluster: Cluster, work: Callable[[], T]) -> T:
     """`work()` on rank 0, its result on every rank; a user error there fails every rank
     (rank 0 reports it) instead of leaving the others waiting."""
-    from gspo_cli import distributed
+    from gspo_cli.base import distributed
 
     result: T | None = None
     problem: str | None = None
@@ -251,7 +251,7 @@ def _on_rank_zero(cluster: Cluster, work: Callable[[], T]) -> T:
 def _load_for_resume(run_dir: Path, recipe: Path | None, overrides: list[str] | None) -> Recipe:
     """The recipe to resume with, refused if it changes what the checkpoint depends on."""
     from gspo_cli.recipe import load_recipe, resume_changes
-    from gspo_cli.runfiles import RECIPE_FILE
+    from gspo_cli.rundir.paths import RECIPE_FILE
 
     saved_path = run_dir / RECIPE_FILE
     if not saved_path.is_file():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gspo_cli.base.errors import DataError
 from gspo_cli.data.example import SPLITS, Example, Row, Split, with_instruction
 from gspo_cli.data.generated import (
     addition_examples,
@@ -15,7 +16,6 @@ from gspo_cli.data.generated import (
     sums_examples,
 )
 from gspo_cli.data.sources import Source, read_rows
-from gspo_cli.errors import DataError
 from gspo_cli.recipe import DataSection
 from gspo_cli.rewards.math_answers import canonical_number, last_boxed, parse_number
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from gspo_cli.base.errors import DataError
 from gspo_cli.data.example import SPLITS, Row, Split
-from gspo_cli.errors import DataError
 from gspo_cli.recipe import DataSection
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")

@@ -5,7 +5,7 @@ overrides becomes a frozen `Recipe`. Every problem -- unknown keys, wrong types,
 out-of-range values, settings that contradict each other -- is collected and raised
 together as one `RecipeError`, each line with its dotted path, what is wrong and what
 to set instead. Field descriptions double as the README's recipe reference. Each default
-sits on its field (the modes and the log-prob chunk's number come from `gspo_cli.constants`,
+sits on its field (the modes and the log-prob chunk's number come from `gspo_cli.base.constants`,
 which the torch-only modules share without importing pydantic).
 
 - `sections`: the section models, every default on its field, and the tables behind them;

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from gspo_cli import rewards
-from gspo_cli.errors import RecipeError
+from gspo_cli.base.errors import RecipeError
 from gspo_cli.recipe.schema import Recipe
 from gspo_cli.recipe.sections import (
     GENERATED_TASKS,

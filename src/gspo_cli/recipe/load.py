@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from gspo_cli.errors import RecipeError
+from gspo_cli.base.errors import RecipeError
 from gspo_cli.recipe.checks import contradictions
 from gspo_cli.recipe.schema import _REWARD_TAGS, Recipe
 from gspo_cli.recipe.sections import AlgoSection, DataSection, RolloutSection

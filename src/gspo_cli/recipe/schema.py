@@ -9,7 +9,7 @@ import yaml
 from pydantic import Discriminator, Field, Tag, field_validator
 
 from gspo_cli import rewards
-from gspo_cli.errors import UserError
+from gspo_cli.base.errors import UserError
 from gspo_cli.recipe.sections import (
     TASK_DEFAULTS,
     AlgoSection,

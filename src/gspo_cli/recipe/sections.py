@@ -10,7 +10,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gspo_cli.constants import LOGPROB_CHUNK_TOKENS, AdvantageScale, Mode
+from gspo_cli.base.constants import LOGPROB_CHUNK_TOKENS, AdvantageScale, Mode
 
 # Paper settings (GSPO §5.1 and the GRPO baseline). GSPO's ratio is a per-token geometric
 # mean, so its clip range is three orders of magnitude tighter than GRPO's.

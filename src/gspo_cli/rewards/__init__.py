@@ -26,7 +26,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from gspo_cli.errors import RewardError, UserError
+from gspo_cli.base.errors import RewardError, UserError
 from gspo_cli.rewards.countdown import countdown, extract_answer_tag, parse_reference, solve
 from gspo_cli.rewards.format import format_answer_tag, format_boxed, format_gsm8k
 from gspo_cli.rewards.math_answers import (
