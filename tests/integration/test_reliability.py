@@ -62,7 +62,9 @@ def test_resumed_run_repeats_the_uninterrupted_one(
     assert rows_part == rows_full, "resumed metrics differ from the uninterrupted run"
     assert_same_weights(full / "final", part / "final")
     if extra:
-        adapters = [load_file(str(d / "final/adapter/adapter_model.safetensors")) for d in (full, part)]
+        adapters = [
+            load_file(str(d / "final/adapter/adapter_model.safetensors")) for d in (full, part)
+        ]
         assert adapters[0].keys() == adapters[1].keys() and adapters[0]
         assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
         assert any(v.abs().max() > 0 for k, v in adapters[0].items() if "lora_B" in k)

@@ -73,7 +73,7 @@ class ModelSection(_Section):
     )
     lora: LoraSection | None = Field(
         None,
-        description="train LoRA adapters (through peft: pip install \"gspo-cli[lora]\") instead "
+        description='train LoRA adapters (through peft: pip install "gspo-cli[lora]") instead '
         "of every weight; null: full fine-tuning",
     )
 

@@ -25,7 +25,7 @@ def adapter_state(model: Any, weights: dict[str, torch.Tensor] | None = None) ->
     `model`, when given: what a sharded model gathers)."""
     from peft.utils import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(model, state_dict=weights)
+    state = get_peft_model_state_dict(model, state_dict=weights, save_embedding_layers=False)
     return {PEFT_PREFIX + k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
@@ -50,13 +50,17 @@ def load_adapter_weights(model: Any, directory: Path) -> None:
     except Exception as exc:
         raise ModelError(f"cannot read the adapter in {directory}: {exc}") from None
     state = {k.removeprefix(PEFT_PREFIX): v for k, v in saved.items()}
-    result = set_peft_model_state_dict(model, state)
-    wanted = {n for n, p in model.named_parameters() if p.requires_grad}
-    missing = wanted & set(result.missing_keys)
-    if result.unexpected_keys or missing:
-        bad = sorted(result.unexpected_keys)[:1] or sorted(missing)[:1]
+    try:
+        result = set_peft_model_state_dict(model, state)
+    except RuntimeError as exc:  # a shape mismatch: another rank or model
+        problem = str(exc).strip().splitlines()[-1].strip()[:160]
+    else:
+        wanted = {n for n, p in model.named_parameters() if p.requires_grad}
+        bad = sorted(result.unexpected_keys) + sorted(wanted & set(result.missing_keys))
+        problem = f"{'unexpected' if result.unexpected_keys else 'missing'} {bad[0]}" if bad else ""
+    if problem:
         raise ModelError(
-            f"the adapter in {directory} does not fit this model and model.lora ({bad[0]}); "
+            f"the adapter in {directory} does not fit this model and model.lora ({problem}); "
             "use the recipe it was trained with"
         )
 
