@@ -21,13 +21,11 @@ from typing import Any
 
 import torch
 
+from gspo_cli.base.constants import ROUTER_NAMES
 from gspo_cli.base.errors import UserError
 from gspo_cli.recipe import LoraSection
 
 INSTALL = 'pip install "gspo-cli[lora]"'
-# Leaf names of linear layers that are routers, not projections (Qwen2/3-MoE, Mixtral, OLMoE:
-# `gate`; GPT-OSS: `router`).
-ROUTER_NAMES = ("gate", "router")
 
 
 def require_peft() -> None:
