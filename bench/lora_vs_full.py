@@ -57,7 +57,7 @@ def main() -> None:
     common = [*args.sets, f"train.steps={args.steps}", "train.eval_every=0"]
     full = common + ([f"optim.lr={args.full_lr}"] if args.full_lr else [])
     lora = common + [f"model.lora.{kv}" for kv in args.lora]
-    lora += ([f"model.lora.lr={args.lora_lr}"] if args.lora_lr else [])
+    lora += [f"model.lora.lr={args.lora_lr}"] if args.lora_lr else []
     if not any(s.startswith("model.lora.") for s in lora):
         lora.append("model.lora.rank=16")
     print(f"recipe {args.recipe or 'built-in'}, {args.steps} steps, runs in {root}")
