@@ -140,7 +140,8 @@ def test_two_processes_train_exactly_as_one(one_process: tuple[Path, Path], tmp_
     assert type(plain).__name__ == "Qwen3ForCausalLM"
 
 
-LORA_SETS = (*SETS, "model.lora.rank=4", "model.lora.lr=1e-2")
+# lr 2e-3: at 1e-2 the extreme ratio_min amplified rounding past ROW_RTOL (measured 1.2e-3)
+LORA_SETS = (*SETS, "model.lora.rank=4", "model.lora.lr=2e-3")
 
 
 @pytest.mark.slow

@@ -86,7 +86,7 @@ def test_lora_with_routing_replay_on_qwen3_moe(tiny_moe_dir: Path, tmp_path: Pat
 
 
 def test_lora_without_peft_is_one_line_before_any_model_loads(tmp_path: Path) -> None:
-    """With peft hidden, `gspo train` with model.lora exits 1 with one line naming the
+    """With peft hidden, `gspo train` with model.lora exits 2 with one line naming the
     install command, no traceback, and nothing written into the run but its start."""
     code = (
         "import sys; sys.modules['peft'] = None\n"
@@ -104,7 +104,7 @@ def test_lora_without_peft_is_one_line_before_any_model_loads(tmp_path: Path) ->
         timeout=120,
         check=False,
     )
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == 2, result.stdout + result.stderr
     assert 'pip install "gspo-cli[lora]"' in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
     assert not (out / "checkpoints").exists()
