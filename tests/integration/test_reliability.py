@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from gspo_cli import update as updating
@@ -36,10 +37,18 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert not different, f"weights differ: {different}"
 
 
+# LoRA: rank 4 on every projection, lr 1e-2 so that 6 steps move the adapter visibly.
+LORA = ("model.lora.rank=4", "model.lora.lr=1e-2")
+
+
 @pytest.mark.slow
-def test_resumed_run_repeats_the_uninterrupted_one(warm_tiny: Path, tmp_path: Path) -> None:
-    """Stop after 3 steps, resume to 6: metrics rows and final weights equal a 6-step run."""
-    sets = (*SMALL, "train.eval_every=3", "train.save_every=3")
+@pytest.mark.parametrize("extra", [(), LORA], ids=["full", "lora"])
+def test_resumed_run_repeats_the_uninterrupted_one(
+    warm_tiny: Path, tmp_path: Path, extra: tuple[str, ...]
+) -> None:
+    """Stop after 3 steps, resume to 6: metrics rows and final weights equal a 6-step run
+    (with LoRA: the merged final models and the adapters too)."""
+    sets = (*SMALL, *extra, "train.eval_every=3", "train.save_every=3")
     full, part = tmp_path / "full", tmp_path / "part"
     assert train(full, *sets, "train.steps=6").returncode == 0
     assert train(part, *sets, "train.steps=3").returncode == 0
@@ -52,6 +61,13 @@ def test_resumed_run_repeats_the_uninterrupted_one(warm_tiny: Path, tmp_path: Pa
     assert [r["step"] for r in rows_part] == [0, 1, 2, 3, 3, 4, 5, 6, 6]
     assert rows_part == rows_full, "resumed metrics differ from the uninterrupted run"
     assert_same_weights(full / "final", part / "final")
+    if extra:
+        adapters = [
+            load_file(str(d / "final/adapter/adapter_model.safetensors")) for d in (full, part)
+        ]
+        assert adapters[0].keys() == adapters[1].keys() and adapters[0]
+        assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+        assert any(v.abs().max() > 0 for k, v in adapters[0].items() if "lora_B" in k)
 
 
 @pytest.mark.slow

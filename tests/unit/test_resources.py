@@ -23,8 +23,26 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 # (2 KV heads), intermediate 384, tied embeddings. Per layer: q 128·128 + k 128·64 + v 128·64
 # + o 128·128 = 49,152; q/k norms 32 + 32; MLP 3 · 128·384 = 147,456; two norms 2 · 128:
 # 196,928. Four layers 787,712 + embedding 52·128 = 6,656 + final norm 128 = 794,496.
+# LoRA: in + out features per projection, times 4 layers: q 128+128, k 128+64, v 128+64,
+# o 128+128, gate/up 128+384, down 384+128.
+TINY_LINEARS = {
+    "q_proj": 4 * 256,
+    "k_proj": 4 * 192,
+    "v_proj": 4 * 192,
+    "o_proj": 4 * 256,
+    "gate_proj": 4 * 512,
+    "up_proj": 4 * 512,
+    "down_proj": 4 * 512,
+}
 TINY = ModelShape(
-    params=794_496, layers=4, hidden=128, kv_heads=2, head_dim=32, vocab=52, context=256
+    params=794_496,
+    layers=4,
+    hidden=128,
+    kv_heads=2,
+    head_dim=32,
+    vocab=52,
+    context=256,
+    linears=TINY_LINEARS,
 )
 
 
@@ -140,3 +158,31 @@ def test_every_recipe_fits_24_gb(path: Path) -> None:
     prompt = resources.prompt_tokens(recipe, shape.context)
     got = estimate(recipe, shape, dtype_bytes=2, prompt=prompt, available=24 * 10**9)
     assert got.fits, f"{path.name}: {got.summary()}"
+
+
+def test_lora_estimate_trains_the_adapter_only(tiny_shape: ModelShape) -> None:
+    """With model.lora the gradients and AdamW states are the adapter's (float32), the
+    weights add it, and a KL reference costs nothing (the adapter switched off). Rank 8 on
+    the tiny model: 8 × (1024 + 768 + 768 + 1024 + 3 · 2048) = 8 × 9,728 = 77,824 params."""
+    assert tiny_shape.adapter_params(8, None) == 77_824
+    assert tiny_shape.adapter_params(8, ("q_proj", "v_proj")) == 8 * (1024 + 768)
+    recipe = load_recipe(None, ["model.lora.rank=8", "algo.kl_beta=0.1"])
+    full = estimate(load_recipe(None, ["algo.kl_beta=0.1"]), tiny_shape, 4)
+    lora = estimate(recipe, tiny_shape, 4)
+    adapter = 77_824 * 4
+    assert lora.fixed == {
+        "weights": 794_496 * 4 + adapter,
+        "gradients": adapter,
+        "optimiser (AdamW)": 2 * adapter,
+    }
+    assert full.fixed["reference model"] == 794_496 * 4
+
+
+def test_lora_adapter_of_qwen3_0_6b_by_hand() -> None:
+    """Qwen3-0.6B (hidden 1024, 28 layers, 16 heads × 128, 8 KV heads, MLP 3072): per layer
+    q 1024+2048, k 1024+1024, v 1024+1024, o 2048+1024, gate/up 1024+3072, down 3072+1024 =
+    22,528; rank 16 × 28 layers: 10,092,544 adapter parameters."""
+    if not QWEN3_CONFIG.is_file():
+        pytest.skip("needs ../shared/models")
+    shape = _shape_of("Qwen/Qwen3-0.6B")
+    assert shape.adapter_params(16, None) == 16 * 28 * 22_528 == 10_092_544

@@ -18,3 +18,7 @@ AdvantageScale = Literal["group", "batch", "none"]
 # Tokens whose full-vocabulary logits exist at once when computing log-probs: the default of
 # `train.logprob_chunk_tokens`, and of the log-prob functions when called without a recipe.
 LOGPROB_CHUNK_TOKENS = 1024
+
+# Leaf names of linear layers that are mixture-of-experts routers, not projections (Qwen2/3-MoE,
+# Mixtral, OLMoE: `gate`; GPT-OSS: `router`): LoRA's default targets leave them out.
+ROUTER_NAMES = ("gate", "router")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 import typer.core
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -112,8 +113,11 @@ def user_errors() -> Iterator[None]:
             # A runtime failure on one rank (e.g. a reward raising on its prompts): only it
             # knows; every rank shares the user errors and interruptions rank 0 reports.
             label = f"rank {rank}: {label}"
-            Console(stderr=True, soft_wrap=True).print(f"{label} {exc}", highlight=False)
-        err_console.print(f"{label} {exc}", highlight=False)
+            Console(stderr=True, soft_wrap=True).print(
+                f"{label} {escape(str(exc))}", highlight=False
+            )
+        # escaped: a message's own brackets (`pip install "gspo-cli[lora]"`) are not markup
+        err_console.print(f"{label} {escape(str(exc))}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
 
 

@@ -30,6 +30,7 @@ from gspo_cli.base.interrupt import StopRequest
 from gspo_cli.base.storage import write_text_atomic
 from gspo_cli.commands.trainsetup import Parts
 from gspo_cli.data import Example
+from gspo_cli.models import lora
 from gspo_cli.recipe import Recipe
 from gspo_cli.rollout.greedy import greedy_correct
 from gspo_cli.rollout.stages import RolloutBatch, RolloutStats
@@ -193,7 +194,7 @@ class RunBook:
             self.last_saved = self._checkpoint(step)
         if halting:
             if last_step and cluster.is_main:
-                link_final(checkpoint_dir(self.run_dir, step), self.run_dir)
+                link_final(checkpoint_dir(self.run_dir, step), self.run_dir, self._merge())
             message = _strict_message(step, self.warnings, self.run_dir, last_step, cluster)
             raise WatchdogStop(message)
         if stopping and not last_step:
@@ -232,9 +233,20 @@ class RunBook:
         return save_checkpoint(self.run_dir, step, write, keep, self.cluster)
 
     def finish(self) -> None:
-        """`final/`: the last checkpoint's model, as an ordinary Hugging Face directory."""
+        """`final/`: the last checkpoint's model, as an ordinary Hugging Face directory (LoRA:
+        merged, with the adapter in `final/adapter/`)."""
         if self.cluster.is_main:
-            link_final(checkpoint_dir(self.run_dir, self.recipe.train.steps), self.run_dir)
+            last = checkpoint_dir(self.run_dir, self.recipe.train.steps)
+            link_final(last, self.run_dir, self._merge())
+
+    def _merge(self) -> Callable[[Path, Path], None] | None:
+        """With LoRA, what writes `final/`'s merged model from the adapter; else None."""
+        model = self.recipe.model
+        if model.lora is None:
+            return None
+        return lambda adapter_dir, target: lora.write_merged(
+            model.name, model.dtype, adapter_dir, target
+        )
 
 
 def _drift_metrics(meter: routing.DriftMeter | None, cluster: Cluster) -> dict[str, float]:

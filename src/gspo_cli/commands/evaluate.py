@@ -26,11 +26,13 @@ from gspo_cli.base.errors import ModelError
 from gspo_cli.commands.prepare import load_task
 from gspo_cli.commands.resources import context_fit
 from gspo_cli.data import Example, render_prompt
+from gspo_cli.models import lora
 from gspo_cli.models.loading import load_policy, load_tokenizer, pick_device
-from gspo_cli.recipe import Recipe
+from gspo_cli.recipe import Recipe, load_recipe
 from gspo_cli.rewards import RewardFn
 from gspo_cli.rollout.greedy import EVAL_BATCH_SIZE, greedy_completions, is_correct
 from gspo_cli.rollout.sampling import generate
+from gspo_cli.rundir.adapter import is_adapter_dir, load_adapter_weights
 from gspo_cli.rundir.checkpoint import damage, write_text_atomic
 from gspo_cli.rundir.paths import (
     CHECKPOINTS_DIR,
@@ -95,6 +97,7 @@ class EvalTarget:
     recipe_file: Path | None  # the run's recipe.yaml
     run_dir: Path | None  # where eval.json goes by default
     kind: Literal["run", "checkpoint", "model", "hub"]
+    adapter: Path | None = None  # a LoRA checkpoint: its adapter; `model` is the base's name
 
 
 def resolve_target(path: str) -> EvalTarget:
@@ -110,8 +113,13 @@ def resolve_target(path: str) -> EvalTarget:
                     f"going or stopped early); evaluate one of its {CHECKPOINTS_DIR}/ instead"
                 )
             return EvalTarget(str(p / FINAL_DIR), p / RECIPE_FILE, p, "run")
+        run = p.parent.parent
+        if is_adapter_dir(p) and p.parent.name == CHECKPOINTS_DIR and (run / RECIPE_FILE).is_file():
+            if (p / MANIFEST_FILE).is_file() and (problem := damage(p)) is not None:
+                raise ModelError(f"{path}: damaged checkpoint, {problem}; evaluate another")
+            base = load_recipe(run / RECIPE_FILE).model.name  # the adapter's base model
+            return EvalTarget(base, run / RECIPE_FILE, None, "checkpoint", adapter=p)
         if (p / "config.json").is_file():
-            run = p.parent.parent
             in_run = p.parent.name == CHECKPOINTS_DIR and (run / RECIPE_FILE).is_file()
             if in_run:
                 if (p / MANIFEST_FILE).is_file() and (problem := damage(p)) is not None:
@@ -257,6 +265,8 @@ def run(
     prepared, splits = load_task(recipe.data, tokenizer, target.model, announce, fit)
     examples = splits["test"][: limit or recipe.data.eval_size]
     model, tokenizer = load_policy(target.model, recipe.model.dtype, pick_device(), announce)
+    if target.adapter is not None:  # a LoRA checkpoint: its base model plus the adapter
+        _add_adapter(model, recipe, target)
     extra = f", {samples} samples each" if samples else ""
     announce(f"evaluating {target.model} on {len(examples)} {recipe.data.task} examples{extra}")
     total = len(examples) * (1 + samples)
@@ -283,6 +293,19 @@ def run(
     }
     eval_file, samples_file = _write(out_dir, summary, records)
     return EvalReport(scores, len(examples), samples, seconds, eval_file, samples_file)
+
+
+def _add_adapter(model: Any, recipe: Recipe, target: EvalTarget) -> None:
+    """Inject the run's LoRA adapter (model.lora of its recipe) and load the checkpoint's."""
+    assert target.adapter is not None
+    if recipe.model.lora is None:
+        raise ModelError(
+            f"{target.adapter} holds a LoRA adapter but the recipe has no model.lora; evaluate "
+            "it with its run's recipe (the default) or evaluate the run's merged final/"
+        )
+    lora.attach(model, recipe.model.lora, target.model)
+    load_adapter_weights(model, target.adapter)
+    model.eval()
 
 
 def _tokenizer(target: EvalTarget, announce: Callable[[str], None]) -> Any:

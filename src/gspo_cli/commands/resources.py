@@ -28,10 +28,11 @@ before any data is read, and `gspo check` shows the same figures.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gspo_cli.base.constants import ROUTER_NAMES
 from gspo_cli.base.errors import UserError
 from gspo_cli.commands.prepare import ContextFit
 from gspo_cli.recipe import Recipe
@@ -54,6 +55,15 @@ class ModelShape:
     head_dim: int
     vocab: int
     context: int | None  # max_position_embeddings; None when the config gives none
+    # LoRA: per linear-layer leaf name inside the decoder (q_proj, ...), the sum of
+    # in + out features over the layers; rank r adds r × that many adapter parameters
+    linears: dict[str, int] = field(default_factory=dict)
+
+    def adapter_params(self, rank: int, targets: tuple[str, ...] | None) -> int:
+        """Parameters of LoRA adapters of rank `rank` on `targets` (None: the defaults,
+        every projection but an MoE router, as `models.lora.default_targets`)."""
+        names = targets or tuple(k for k in self.linears if k not in ROUTER_NAMES)
+        return rank * sum(self.linears.get(name, 0) for name in names)
 
 
 def model_config(name: str) -> Any:
@@ -84,7 +94,14 @@ def model_shape(config: Any) -> ModelShape:
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     context = getattr(config, "max_position_embeddings", None)
+    head = model.get_output_embeddings()
+    linears: dict[str, int] = {}
+    for name, module in model.base_model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module is not head:
+            leaf = name.rsplit(".", 1)[-1]
+            linears[leaf] = linears.get(leaf, 0) + module.in_features + module.out_features
     return ModelShape(
+        linears=linears,
         params=sum(p.numel() for p in model.parameters()),
         layers=config.num_hidden_layers,
         hidden=config.hidden_size,
@@ -194,11 +211,16 @@ def estimate(
     prompts of `prompt` tokens. Pure: every figure follows from the arguments."""
     weights = shape.params * dtype_bytes  # bytes, whole model
     shard = -(-weights // world_size)  # bytes each process holds under FSDP
-    copies = 2 if recipe.algo.kl_beta > 0 else 1  # policy (+ the frozen reference)
+    lora = recipe.model.lora
+    # policy (+ the frozen reference; with LoRA the reference is the adapter switched off)
+    copies = 2 if recipe.algo.kl_beta > 0 and lora is None else 1
+    trained = shard  # bytes of the trained weights (their gradients, each AdamW state)
+    if lora is not None:  # peft keeps adapters in float32
+        trained = -(-shape.adapter_params(lora.rank, lora.target_modules) * 4 // world_size)
     fixed = {
-        "weights": shard,
-        "gradients": shard,
-        "optimiser (AdamW)": ADAMW_STATES * shard,
+        "weights": shard + (trained if lora is not None else 0),
+        "gradients": trained,
+        "optimiser (AdamW)": ADAMW_STATES * trained,
     }
     if copies == 2:
         fixed["reference model"] = shard

@@ -41,9 +41,10 @@ def resume_changes(saved: Recipe, new: Recipe) -> tuple[list[str], list[str]]:
     )
     breaking: list[str] = []
     harmless: list[str] = []
-    for key in old_flat:
-        if old_flat[key] != new_flat[key]:
-            line = f"{key}: {old_flat[key]!r} -> {new_flat[key]!r}"
+    keys = [*old_flat, *(k for k in new_flat if k not in old_flat)]  # model.lora: null or not
+    for key in keys:
+        if old_flat.get(key) != new_flat.get(key):
+            line = f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}"
             is_breaking = any(
                 key == b or (b.endswith(".") and key.startswith(b)) for b in BREAKING_ON_RESUME
             )

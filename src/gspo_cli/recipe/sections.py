@@ -31,6 +31,36 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# LoRA's learning rate: about 10x a full fine-tune's (optim.lr's default, 3e-5). The adapter's
+# update is a low-rank product that starts at zero, so each step moves the model less than a
+# full-rank step of the same size; LoRA RL recipes (and peft's examples) use about 10x.
+LORA_LR = 3e-4
+
+
+class LoraSection(_Section):
+    rank: int = Field(16, ge=1, le=4096, description="LoRA rank r of each adapter")
+    alpha: float = Field(
+        32.0, gt=0, le=1e6, description="LoRA alpha; the adapter's update is scaled by alpha / rank"
+    )
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="dropout on the adapter's input; 0 keeps an on-policy ratio exactly 1 (RL)",
+    )
+    target_modules: tuple[str, ...] | None = Field(
+        None,
+        description="module names to adapt (peft's suffix match, e.g. [q_proj, v_proj]); null: "
+        "every linear projection of attention and MLP, never the output head or an MoE router",
+    )
+    lr: float = Field(
+        LORA_LR,
+        gt=0,
+        description="AdamW learning rate of the adapter weights, used instead of optim.lr: "
+        "LoRA RL needs about 10x a full fine-tune's (the low-rank update starts at zero)",
+    )
+
+
 class ModelSection(_Section):
     name: str = Field(
         "tiny-qwen3",
@@ -40,6 +70,11 @@ class ModelSection(_Section):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="'auto' is bfloat16 on a CUDA GPU that supports it, float32 otherwise"
+    )
+    lora: LoraSection | None = Field(
+        None,
+        description='train LoRA adapters (through peft: pip install "gspo-cli[lora]") instead '
+        "of every weight; null: full fine-tuning",
     )
 
 

@@ -12,7 +12,10 @@ runs/<name>-<YYYYmmdd-HHMMSS>/
     rng/rank0.* ...            N processes: each rank's RNG states
     manifest.json              written last: every file's sha256; without it, incomplete
   final/                       the last policy, Hugging Face format
+    adapter/                   LoRA: the adapter (the model beside it is merged)
 ```
+With LoRA (`model.lora`) a checkpoint holds the adapter in PEFT's format
+(adapter_config.json + adapter_model.safetensors) instead of the model.
 Nothing in a run directory can run code when read: weights and tensors are safetensors,
 the rest JSON (`safestate`). A checkpoint is written in a hidden staging directory and
 renamed when complete, so a crash or a full disk never leaves a half-written one under its
@@ -49,6 +52,7 @@ from gspo_cli.rundir.manifest import complete_checkpoints as complete_checkpoint
 from gspo_cli.rundir.manifest import damage as damage  # re-exported
 from gspo_cli.rundir.manifest import is_complete
 from gspo_cli.rundir.paths import (
+    ADAPTER_DIR,
     CHECKPOINTS_DIR,
     FINAL_DIR,
     LEGACY_STATE_FILE,
@@ -226,16 +230,24 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def link_final(checkpoint: Path, run_dir: Path) -> Path:
-    """`final/`: the last checkpoint's model files, hard-linked (copied across devices)."""
+def link_final(
+    checkpoint: Path, run_dir: Path, merge: Callable[[Path, Path], None] | None = None
+) -> Path:
+    """`final/`: the last checkpoint's model files, hard-linked (copied across devices).
+    With LoRA (`merge` given) the checkpoint's adapter files go to `final/adapter/` and
+    `merge(adapter_dir, final_staging)` writes the merged model beside them."""
     target = run_dir / FINAL_DIR
     skip = {*STATE_FILES, LEGACY_STATE_FILE, MANIFEST_FILE}
     with staged_dir(target, "the final model") as staging:
+        files = staging / ADAPTER_DIR if merge is not None else staging
+        files.mkdir(exist_ok=True)
         for item in checkpoint.iterdir():
             if item.name in skip or not item.is_file():  # model files only
                 continue
             try:
-                os.link(item, staging / item.name)
+                os.link(item, files / item.name)
             except OSError:
-                shutil.copy2(item, staging / item.name)
+                shutil.copy2(item, files / item.name)
+        if merge is not None:
+            merge(files, staging)
     return target

@@ -5,7 +5,7 @@ runs/<name>-<YYYYmmdd-HHMMSS>/       RUNS_ROOT, a fresh_dir
   recipe.yaml  metrics.jsonl  completions.jsonl  eval.json  samples.jsonl
   checkpoints/step_000400/           checkpoint_dir(run, 400): the model, trainer_state.*,
                                      optimizer/ and rng/ (N processes), manifest.json
-  final/
+  final/                             the last model; LoRA: merged, the adapter in adapter/
 runs/compare-<name>-<time>/          a comparison: its runs, report.md, summary.png, plots
 evals/<model>-<time>/                `gspo eval` of a model that is not a run
 $GSPO_CACHE (~/.cache/gspo)/         cache_root()
@@ -35,6 +35,11 @@ EVAL_FILE = "eval.json"
 SAMPLES_FILE = "samples.jsonl"
 REPORT_FILE = "report.md"
 SUMMARY_PNG = "summary.png"
+# LoRA: a checkpoint holds the adapter in PEFT's file names (PeftModel.from_pretrained reads
+# them) instead of the model; final/ holds the merged model and the adapter in final/adapter/.
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_DIR = "adapter"
 
 # What a training run writes at its top level (a comparison clears exactly these when it
 # restarts a run that crashed before its first checkpoint).

@@ -19,6 +19,7 @@ from gspo_cli.base.distributed import Cluster
 from gspo_cli.base.errors import CheckpointError, UserError
 from gspo_cli.base.storage import write_text_atomic
 from gspo_cli.recipe import Recipe
+from gspo_cli.rundir import adapter
 from gspo_cli.rundir.checkpoint import load_trainer_state
 from gspo_cli.rundir.metrics import MetricsWriter, read_metrics
 from gspo_cli.rundir.paths import COMPLETIONS_FILE, METRICS_FILE, OPTIMIZER_DIR, RNG_DIR, STATE_STEM
@@ -51,15 +52,16 @@ def write_checkpoint(
     """This rank's part of a checkpoint. One process: the model directory and everything
     else in trainer_state.{json,safetensors}. N processes: rank 0 writes the model from a
     full state dict gathered from the shards; every rank writes its optimiser shard and RNG
-    states. Nothing is pickled (see `safestate`)."""
+    states. With LoRA the model directory is the adapter alone (PEFT's format). Nothing is
+    pickled (see `safestate`)."""
     model = causal_lm(policy)
     if not cluster.is_distributed:
-        model.save_pretrained(directory, safe_serialization=True)
+        _save_weights(model, directory, None)
         state = {**state, "optimizer": optimizer.state_dict(), "rng": rng_state()}
     else:
         weights = distributed.full_state_dict(model)  # collective; empty off rank 0
         if cluster.is_main:
-            model.save_pretrained(directory, state_dict=weights, safe_serialization=True)
+            _save_weights(model, directory, weights)
         for part in (OPTIMIZER_DIR, RNG_DIR):
             (directory / part).mkdir(exist_ok=True)
         rank = f"rank{cluster.rank}"
@@ -68,6 +70,15 @@ def write_checkpoint(
     if cluster.is_main:
         tokenizer.save_pretrained(directory)
         safestate.save_state({**state, "world_size": cluster.world_size}, directory / STATE_STEM)
+
+
+def _save_weights(model: Any, directory: Path, weights: dict[str, torch.Tensor] | None) -> None:
+    """The model directory, or with LoRA the adapter alone in PEFT's format (`weights`: a
+    full state dict gathered from the shards, when sharded)."""
+    if adapter.has_adapter(model):
+        adapter.save_adapter(model, directory, weights)
+    else:
+        model.save_pretrained(directory, state_dict=weights, safe_serialization=True)
 
 
 def restore(

@@ -23,6 +23,7 @@ import torch
 
 from gspo_cli.base.constants import LOGPROB_CHUNK_TOKENS
 from gspo_cli.scoring import microbatch, packing
+from gspo_cli.scoring.adapters import AdaptersOff, adapters_disabled
 from gspo_cli.scoring.chunked import token_logprobs
 
 
@@ -350,6 +351,11 @@ def completion_logprobs(
     of the last T+1 positions. Positions come from the attention mask so left padding does
     not shift them.
     """
+    if isinstance(model, AdaptersOff):
+        with adapters_disabled(model.policy.model):
+            return completion_logprobs(
+                model.policy, input_ids, attention_mask, completion_len, temperature, chunk_tokens
+            )
     if isinstance(model, LogProbModel):
         out: torch.Tensor = model(
             input_ids, attention_mask, completion_len, temperature, chunk_tokens
