@@ -1,0 +1,121 @@
+"""End to end: `gspo train` with `train.report_to` on the tiny default; each tracker's own
+store, read back, holds what metrics.jsonl holds, and a tracker that breaks mid-run does not
+stop training."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gspo_cli.recipe import load_recipe, validate
+from gspo_cli.rundir import trackers
+from gspo_cli.rundir.metrics import read_metrics
+from gspo_cli.rundir.trackers import TensorBoardTracker
+
+from cli_runs import SMALL, cli_args, cli_env
+
+INSTALLED = [
+    n for n, (module, _) in trackers.REQUIREMENTS.items() if importlib.util.find_spec(module)
+]
+
+
+def _series(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    return [(r["step"], float(r[key])) for r in rows if isinstance(r.get(key), int | float)]
+
+
+@pytest.mark.slow
+def test_a_run_reports_every_row_to_every_installed_tracker(
+    warm_tiny: Path, tmp_path: Path
+) -> None:
+    if not {"tensorboard", "mlflow"} <= set(INSTALLED):
+        pytest.skip("needs tensorboard and mlflow-skinny (the dev extra)")
+    out = tmp_path / "run"
+    names = ",".join(INSTALLED)
+    sets = (*SMALL, f"train.report_to=[{names}]")
+    env = {**cli_env(), "WANDB_MODE": "offline", "TRACKIO_DIR": str(tmp_path / "trackio")}
+    result = subprocess.run(
+        cli_args("train", "--quiet", "--out", str(out), sets=sets),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "warning" not in result.stdout + result.stderr, result.stdout + result.stderr
+    rows = read_metrics(out / "metrics.jsonl")
+    keys = {k for r in rows for k in trackers.scalars(r)}
+    assert {"reward_mean", "clip_frac", "eval_accuracy"} <= keys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == keys
+    for key in keys:
+        got, want = events.Scalars(key), _series(rows, key)
+        assert [e.step for e in got] == [step for step, _ in want], key
+        assert [e.value for e in got] == pytest.approx([v for _, v in want], rel=1e-6), key
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("gspo").experiment_id])
+    assert run.data.params["algo.mode"] == "gspo" and run.data.params["train.steps"] == "3"
+    for key in keys:
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [(m.step, m.value) for m in history] == _series(rows, key), key
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "completions")}
+    assert logged == {f"completions/step_{s:06d}.json" for s in (1, 2, 3)}
+
+    if "wandb" in INSTALLED:
+        (config,) = (out / "wandb").glob("**/offline-run-*/files/config.yaml")
+        assert "clip_low" in config.read_text(), "the resolved recipe is the run's config"
+        assert list(config.parent.parent.glob("run-*.wandb")), "the offline run file"
+    if "trackio" in INSTALLED:
+        assert list((tmp_path / "trackio").glob("gspo*")), "trackio's local store"
+    resolved = load_recipe(out / "recipe.yaml").model_dump(mode="json")
+    assert resolved["train"]["report_to"] == INSTALLED
+
+
+class Flaky(TensorBoardTracker):
+    """TensorBoard until the second training step, then a full disk."""
+
+    def log_row(self, step: int, values: dict[str, float]) -> None:
+        if step == 2:
+            raise OSError(28, "No space left on device")
+        super().log_row(step, values)
+
+
+@pytest.mark.slow
+def test_a_tracker_failing_mid_run_warns_once_and_training_finishes(
+    warm_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("tensorboard")
+    from gspo_cli.commands import train as trainer
+
+    monkeypatch.setitem(trackers.FACTORIES, "tensorboard", Flaky)
+    raw: dict[str, Any] = {}
+    for assignment in (*SMALL, "train.report_to=[tensorboard]"):
+        key, value = assignment.split("=")
+        section, leaf = key.split(".")
+        raw.setdefault(section, {})[leaf] = json.loads(
+            value.replace("[tensorboard]", '["tensorboard"]')
+        )
+    said: list[str] = []
+    out = tmp_path / "run"
+    out.mkdir()
+    trainer.run(validate(raw), out, announce=said.append)
+    warned = [s for s in said if "tracker" in s]
+    assert warned == [
+        "warning: tracker tensorboard failed (OSError: [Errno 28] No space left on device); it is "
+        "dropped for the rest of the run, metrics.jsonl has every row"
+    ]
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows if "reward_mean" in r] == [1, 2, 3]
+    assert (out / "final").exists()
