@@ -213,7 +213,20 @@ def _train_here(
     )
     table.add_row("wall time", f"{summary.seconds:.0f} s")
     table.add_row("final model", str(summary.run_dir / "final"))
+    if cluster.is_main:
+        table.add_row("plots", _plot(summary.run_dir))
     console.print(table)
+
+
+def _plot(run_dir: Path) -> str:
+    """RUN/summary.png of the finished run; a plot that fails is a warning, not a failed run."""
+    from gspo_cli.commands.compare import RunProblem, write_run_plot
+
+    try:
+        return str(write_run_plot(run_dir))
+    except (RunProblem, GspoError, OSError, ValueError) as exc:
+        warn(f"the run is complete, but its plots failed ({exc}); try: gspo plot {run_dir}")
+        return "none"
 
 
 def _resume_point(run_dir: Path) -> Path:
