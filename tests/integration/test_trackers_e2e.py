@@ -30,7 +30,7 @@ def _series(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
 
 @pytest.mark.slow
 def test_a_run_reports_every_row_to_every_installed_tracker(
-    warm_tiny: Path, tmp_path: Path
+    warm_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not {"tensorboard", "mlflow"} <= set(INSTALLED):
         pytest.skip("needs tensorboard and mlflow-skinny (the dev extra)")
@@ -64,6 +64,7 @@ def test_a_run_reports_every_row_to_every_installed_tracker(
 
     from mlflow.tracking import MlflowClient
 
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # as MlflowTracker sets it
     client = MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
     (run,) = client.search_runs([client.get_experiment_by_name("gspo").experiment_id])
     assert run.data.params["algo.mode"] == "gspo" and run.data.params["train.steps"] == "3"
@@ -79,6 +80,7 @@ def test_a_run_reports_every_row_to_every_installed_tracker(
         assert list(config.parent.parent.glob("run-*.wandb")), "the offline run file"
     if "trackio" in INSTALLED:
         assert list((tmp_path / "trackio").glob("gspo*")), "trackio's local store"
+    assert (out / "summary.png").is_file() and "plots" in result.stdout, "train names its plots"
     resolved = load_recipe(out / "recipe.yaml").model_dump(mode="json")
     assert resolved["train"]["report_to"] == INSTALLED
 
