@@ -18,6 +18,7 @@ from gspo_cli.rundir.metrics import read_metrics
 from gspo_cli.rundir.trackers import TensorBoardTracker
 
 from cli_runs import SMALL, cli_args, cli_env
+from refusals import assert_refused
 
 INSTALLED = [
     n for n, (module, _) in trackers.REQUIREMENTS.items() if importlib.util.find_spec(module)
@@ -121,3 +122,17 @@ def test_a_tracker_failing_mid_run_warns_once_and_training_finishes(
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows if "reward_mean" in r] == [1, 2, 3]
     assert (out / "final").exists()
+
+
+def test_train_naming_a_tracker_that_is_not_installed_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 2 with the pip line, before any model loads and with nothing written."""
+    monkeypatch.setitem(trackers.REQUIREMENTS, "trackio", ("gspo_no_such_module", "trackio"))
+    monkeypatch.chdir(tmp_path)
+    assert_refused(
+        ["train", "--set", "train.report_to=[trackio]"],
+        tmp_path,
+        code=2,
+        fragment='install it with pip install "gspo-cli[trackio]"',
+    )

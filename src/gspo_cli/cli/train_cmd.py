@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar, cast
 
 import typer
 import typer.core
+from rich.markup import escape
 from rich.table import Table
 
 from gspo_cli.base.errors import (
@@ -185,7 +186,7 @@ def _train_here(
     console.print(estimated.summary(), highlight=False)
 
     def announce(text: str) -> None:
-        view.progress.console.print(f"[cyan]{text}[/]", highlight=False)
+        view.progress.console.print(f"[cyan]{escape(text)}[/]", highlight=False)
 
     nproc = f" --nproc {cluster.world_size}" if cluster.is_distributed else ""
     try:
