@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -75,15 +76,29 @@ def test_a_run_reports_every_row_to_every_installed_tracker(
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "completions")}
     assert logged == {f"completions/step_{s:06d}.json" for s in (1, 2, 3)}
 
-    if "wandb" in INSTALLED:
-        (config,) = (out / "wandb").glob("**/offline-run-*/files/config.yaml")
-        assert "clip_low" in config.read_text(), "the resolved recipe is the run's config"
-        assert list(config.parent.parent.glob("run-*.wandb")), "the offline run file"
+    if "wandb" in INSTALLED:  # offline: the config and rows live in the run's .wandb file
+        (record,) = (out / "wandb").glob("**/offline-run-*/run-*.wandb")
+        assert b"clip_low" in record.read_bytes(), "the resolved recipe is the run's config"
+        tables = list(record.parent.glob("files/media/table/completions_*.table.json"))
+        assert len(tables) == 3, "one completions table per step"
     if "trackio" in INSTALLED:
-        assert list((tmp_path / "trackio").glob("gspo*")), "trackio's local store"
+        _check_trackio(tmp_path / "trackio" / "gspo.db", out.name, rows)
     assert (out / "summary.png").is_file() and "plots" in result.stdout, "train names its plots"
     resolved = load_recipe(out / "recipe.yaml").model_dump(mode="json")
     assert resolved["train"]["report_to"] == INSTALLED
+
+
+def _check_trackio(db: Path, run_name: str, rows: list[dict[str, Any]]) -> None:
+    """trackio's local store: the run's config is the resolved recipe, and its eval rows are
+    metrics.jsonl's."""
+    with sqlite3.connect(db) as store:
+        (config,) = store.execute("select config from configs where run_name = ?", (run_name,))
+        logged = store.execute(
+            "select step, metrics from metrics where run_name = ? order by id", (run_name,)
+        ).fetchall()
+    assert json.loads(config[0])["algo"]["mode"] == "gspo"
+    evals = [(step, json.loads(m)["eval_accuracy"]) for step, m in logged if b"eval_acc" in m]
+    assert evals == _series(rows, "eval_accuracy")
 
 
 class Flaky(TensorBoardTracker):

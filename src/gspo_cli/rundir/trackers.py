@@ -102,8 +102,14 @@ class WandbTracker:
 
         (run_dir / WANDB_DIR).mkdir(exist_ok=True)
         self.wandb = wandb
+        # console off: wandb would otherwise wrap stdout under the live view; no system stats
+        settings = wandb.Settings(console="off", x_disable_stats=True, silent=True)
         self.run = wandb.init(
-            project=PROJECT, name=run_dir.name, dir=str(run_dir / WANDB_DIR), mode="offline"
+            project=PROJECT,
+            name=run_dir.name,
+            dir=str(run_dir / WANDB_DIR),
+            mode="offline",
+            settings=settings,
         )
 
     def log_config(self, config: dict[str, Any]) -> None:
@@ -215,7 +221,6 @@ class Trackers:
     @classmethod
     def open(cls, names: Sequence[str], run_dir: Path, warn: Callable[[str], None]) -> Trackers:
         """The named trackers, writing into (or for) `run_dir`."""
-        os.environ.setdefault("WANDB_SILENT", "true")
         factories = [(n, functools.partial(FACTORIES[n], run_dir)) for n in names]
         return cls(factories, warn)
 
