@@ -54,3 +54,15 @@ def test_compare_of_finished_runs_imports_no_torch(tmp_path: Path) -> None:
     assert result.stdout.rstrip().endswith("light"), result.stdout
     assert "gspo leads" in result.stdout, "the headline names the winner"
     assert (out / "report.md").is_file() and (out / "summary.png").is_file()
+
+
+def test_plot_of_a_run_imports_no_torch(tmp_path: Path) -> None:
+    """`gspo plot RUN` draws the run's panels into RUN/summary.png without importing torch."""
+    planned, _ = plan_runs({}, ["gspo"], [0], ["train.steps=2"], tmp_path, "default")
+    run_dir = planned[0].run_dir
+    run_dir.mkdir()
+    write_fake_run(planned[0].recipe, run_dir, 2)
+    result = run_light("plot", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("light"), result.stdout
+    assert (run_dir / "summary.png").is_file()

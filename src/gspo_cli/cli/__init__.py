@@ -8,11 +8,30 @@ options, loads the recipe, calls one core function and renders the result.
     prepare_cmd.py  gspo prepare
     eval_cmd.py     gspo eval
     compare_cmd.py  gspo compare
+    plot_cmd.py     gspo plot
+    env_cmd.py      gspo env
 """
 
 from __future__ import annotations
 
-from gspo_cli.cli import check_cmd, compare_cmd, eval_cmd, prepare_cmd, train_cmd
+from gspo_cli.cli import (
+    check_cmd,
+    compare_cmd,
+    env_cmd,
+    eval_cmd,
+    plot_cmd,
+    prepare_cmd,
+    train_cmd,
+)
 from gspo_cli.cli.base import app
 
-__all__ = ["app", "check_cmd", "compare_cmd", "eval_cmd", "prepare_cmd", "train_cmd"]
+__all__ = [
+    "app",
+    "check_cmd",
+    "compare_cmd",
+    "env_cmd",
+    "eval_cmd",
+    "plot_cmd",
+    "prepare_cmd",
+    "train_cmd",
+]

@@ -109,15 +109,14 @@ def user_errors() -> Iterator[None]:
             else "[bold red]error:[/]"
         )
         rank = os.environ.get("RANK", "0")
+        # escaped: a message's own brackets (`pip install "gspo-cli[wandb]"`, a path) are text
+        text = escape(str(exc))
         if rank != "0" and not isinstance(exc, UserError | Interrupted | WatchdogStop):
             # A runtime failure on one rank (e.g. a reward raising on its prompts): only it
             # knows; every rank shares the user errors and interruptions rank 0 reports.
             label = f"rank {rank}: {label}"
-            Console(stderr=True, soft_wrap=True).print(
-                f"{label} {escape(str(exc))}", highlight=False
-            )
-        # escaped: a message's own brackets (`pip install "gspo-cli[lora]"`) are not markup
-        err_console.print(f"{label} {escape(str(exc))}", highlight=False)
+            Console(stderr=True, soft_wrap=True).print(f"{label} {text}", highlight=False)
+        err_console.print(f"{label} {text}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -151,11 +150,11 @@ def load_recipe_with_warnings(recipe: Path | None, overrides: list[str] | None) 
 
 
 def warn(text: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {text}", highlight=False)
+    err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False)
 
 
 def announce(text: str) -> None:
-    console.print(f"[cyan]{text}[/]", highlight=False)
+    console.print(f"[cyan]{escape(text)}[/]", highlight=False)
 
 
 def progress_bar(label: str, quiet: bool) -> Progress:

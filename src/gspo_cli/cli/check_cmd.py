@@ -54,7 +54,7 @@ def check(recipe: RecipeArg = None, set_: SetOpt = None, nproc: CheckNprocOpt = 
             f"{loaded.data.task}, reward {rewards.label(loaded.reward_terms)}",
             highlight=False,
         )
-        problems: list[str] = []
+        problems: list[str] = preflight.tracker_problems(loaded)
         prepare_runtime()
         tokenizer, examples, longest = _check_data(loaded, problems)
         try:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 import typer.core
+from rich.markup import escape
 from rich.table import Table
 
 from gspo_cli.base.errors import (
@@ -210,7 +211,7 @@ def _train_one(planned: PlannedRun, label: str, command: str, quiet: bool) -> No
     view = TrainView(recipe.train.steps, quiet)
 
     def announce(text: str) -> None:
-        view.progress.console.print(f"[cyan]{text}[/]", highlight=False)
+        view.progress.console.print(f"[cyan]{escape(text)}[/]", highlight=False)
 
     try:
         with view.progress:

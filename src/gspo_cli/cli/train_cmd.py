@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar, cast
 
 import typer
 import typer.core
+from rich.markup import escape
 from rich.table import Table
 
 from gspo_cli.base.errors import (
@@ -185,7 +186,7 @@ def _train_here(
     console.print(estimated.summary(), highlight=False)
 
     def announce(text: str) -> None:
-        view.progress.console.print(f"[cyan]{text}[/]", highlight=False)
+        view.progress.console.print(f"[cyan]{escape(text)}[/]", highlight=False)
 
     nproc = f" --nproc {cluster.world_size}" if cluster.is_distributed else ""
     try:
@@ -213,7 +214,20 @@ def _train_here(
     )
     table.add_row("wall time", f"{summary.seconds:.0f} s")
     table.add_row("final model", str(summary.run_dir / "final"))
+    if cluster.is_main:
+        table.add_row("plots", _plot(summary.run_dir))
     console.print(table)
+
+
+def _plot(run_dir: Path) -> str:
+    """RUN/summary.png of the finished run; a plot that fails is a warning, not a failed run."""
+    from gspo_cli.commands.compare import RunProblem, write_run_plot
+
+    try:
+        return str(write_run_plot(run_dir))
+    except (RunProblem, GspoError, OSError, ValueError) as exc:
+        warn(f"the run is complete, but its plots failed ({exc}); try: gspo plot {run_dir}")
+        return "none"
 
 
 def _resume_point(run_dir: Path) -> Path:

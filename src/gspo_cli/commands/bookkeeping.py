@@ -2,10 +2,10 @@
 
 `RunBook` knows where the run starts (fresh, or resumed from a checkpoint with its logs cut
 back), which prompts come next, writes each step's metrics row (after the watchdog has
-judged it) and completions sample, and after each step: counts non-finite optimiser steps
-in a row, evaluates, checkpoints when due, and stops on Ctrl-C/SIGTERM or, with
-`train.strict`, on a watchdog warning. Under torchrun every rank keeps the same book; only
-rank 0 writes.
+judged it) and completions sample (to the `train.report_to` trackers too), and after each
+step: counts non-finite optimiser steps in a row, evaluates, checkpoints when due, and stops
+on Ctrl-C/SIGTERM or, with `train.strict`, on a watchdog warning. Under torchrun every rank
+keeps the same book; only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from gspo_cli.rundir import trainstate
 from gspo_cli.rundir.checkpoint import link_final, save_checkpoint
 from gspo_cli.rundir.metrics import MetricsWriter, NullWriter, Row
 from gspo_cli.rundir.paths import COMPLETIONS_FILE, METRICS_FILE, RECIPE_FILE, checkpoint_dir
+from gspo_cli.rundir.trackers import Trackers
 from gspo_cli.rundir.watchdog import RunWarning, Watchdog
 from gspo_cli.scoring import routing
 from gspo_cli.scoring.completions import LogProbModel, causal_lm
@@ -76,6 +77,7 @@ class RunBook:
         self.evals: list[float] = []
         self.last_saved = resume_from  # the newest complete checkpoint, if any
         self.warnings: list[RunWarning] = []
+        self._say = say
         if resume_from is not None:
             state = trainstate.restore(
                 resume_from, parts.policy, parts.optimizer, parts.scheduler, cluster
@@ -108,6 +110,7 @@ class RunBook:
             self.metrics, self.samples = metrics, samples
             self._stack.enter_context(metrics)
             self._stack.enter_context(samples)
+            self.trackers = self._open_trackers()
             self.stop = self._stack.enter_context(StopRequest())
             self.first_accuracy = self.evals[0] if self.evals else self.evaluate(0)
         except BaseException:
@@ -115,6 +118,15 @@ class RunBook:
             raise
         self.last_accuracy = self.evals[-1] if self.evals else self.first_accuracy
         return self
+
+    def _open_trackers(self) -> Trackers:
+        """`train.report_to`'s trackers (rank 0 only), given the resolved recipe; closed with
+        the book."""
+        names = self.recipe.train.report_to if self.cluster.is_main else ()
+        opened = Trackers.open(names, self.run_dir, lambda text: self._say(f"warning: {text}"))
+        self._stack.callback(opened.close)
+        opened.log_config(self.recipe.model_dump(mode="json"))
+        return opened
 
     def __enter__(self) -> Self:
         return self
@@ -140,6 +152,7 @@ class RunBook:
     def _log(self, row: Row) -> None:
         self.metrics.write(row)
         if self.cluster.is_main:
+            self.trackers.log_row(row)
             self._on_row(row)
 
     def evaluate(self, step: int) -> float:
@@ -178,8 +191,11 @@ class RunBook:
         self.warnings = self.watchdog.observe(row)  # judged on the figures, timings unused
         self._log({**row, "warnings": [w.as_row() for w in self.warnings]})
         examples = self.parts.train_set
-        for sample in completion_sample(step, batch, indices, examples, self.recipe):
+        sampled = completion_sample(step, batch, indices, examples, self.recipe)
+        for sample in sampled:
             self.samples.write(sample)
+        if self.cluster.is_main:
+            self.trackers.log_table("completions", step, sampled)
 
     def after_step(self, step: int, outcomes: list[str | None]) -> None:
         """Non-finite streak, evaluation, checkpoint, then stop or halt if asked to."""

@@ -3,7 +3,8 @@
 `batch_plan` spells the batch arithmetic out in user terms for `gspo check` and the start of
 `gspo train`: prompts and completions per step, responses per minibatch, optimiser steps per
 rollout step and in total, micro-batches per minibatch, and the share of each process. (Whether
-the rewards work is `reward_probes`.) Nothing here prints, and no torch is imported.
+the rewards work is `reward_probes`.) `check_trackers` refuses a `train.report_to` tracker that
+is not installed. Nothing here prints, and no torch is imported.
 """
 
 from __future__ import annotations
@@ -11,7 +12,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from gspo_cli.base.errors import RecipeError
 from gspo_cli.recipe import Recipe, check_world_size
+from gspo_cli.rundir import trackers
+
+
+def tracker_problems(recipe: Recipe) -> list[str]:
+    """One line per `train.report_to` tracker that is not installed, with its pip line."""
+    return trackers.missing(recipe.train.report_to)
+
+
+def check_trackers(recipe: Recipe) -> None:
+    """Refuse (RecipeError) a named tracker that is not installed, before any model loads."""
+    problems = tracker_problems(recipe)
+    if problems:
+        raise RecipeError(problems)
 
 
 @dataclass(frozen=True)

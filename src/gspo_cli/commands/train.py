@@ -33,6 +33,7 @@ import torch
 from gspo_cli.base.distributed import SINGLE, Cluster
 from gspo_cli.commands import resources, trainsetup
 from gspo_cli.commands.bookkeeping import RunBook
+from gspo_cli.commands.preflight import check_trackers
 from gspo_cli.commands.resources import MemoryEstimate
 from gspo_cli.losses import group_advantages
 from gspo_cli.models.loading import check_model_source
@@ -57,7 +58,9 @@ Listener = Callable[[Row], None]
 def preflight(recipe: Recipe, world_size: int = 1) -> MemoryEstimate:
     """Cheap checks that fail before a run directory or a model exists (rewards were
     resolved when the recipe was validated): a local model path is there, its context has
-    room for a prompt, and the step's estimated memory fits what is free (the estimate)."""
+    room for a prompt, every `train.report_to` tracker is installed, and the step's estimated
+    memory fits what is free (the estimate)."""
+    check_trackers(recipe)
     check_model_source(recipe.model.name)
     return resources.preflight(recipe, world_size)
 

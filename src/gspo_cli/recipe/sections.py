@@ -279,6 +279,9 @@ class OptimSection(_Section):
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 turns clipping off")
 
 
+Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio"]
+
+
 class TrainSection(_Section):
     steps: int = Field(
         1200, ge=1, le=MAX_STEPS, description="rollout steps (each: sample, score, update)"
@@ -329,6 +332,13 @@ class TrainSection(_Section):
         le=MAX_COMPLETIONS,
         description="completions per step written to completions.jsonl (the step's first ones, "
         "group by group); 0: none",
+    )
+    report_to: tuple[Tracker, ...] = Field(
+        (),
+        max_length=4,
+        description="experiment trackers that also get every metrics row, the recipe and the "
+        "completions samples, all offline: tensorboard, wandb, mlflow, trackio (each an extra: "
+        'pip install "gspo-cli[NAME]"); none by default',
     )
 
 

@@ -3,6 +3,8 @@
 ```
 runs/<name>-<YYYYmmdd-HHMMSS>/       RUNS_ROOT, a fresh_dir
   recipe.yaml  metrics.jsonl  completions.jsonl  eval.json  samples.jsonl
+  summary.png                        the run's plots (`gspo plot`, end of `gspo train`)
+  tensorboard/  wandb/  mlruns/      train.report_to's offline trackers
   checkpoints/step_000400/           checkpoint_dir(run, 400): the model, trainer_state.*,
                                      optimizer/ and rng/ (N processes), manifest.json
   final/                             the last model; LoRA: merged, the adapter in adapter/
@@ -40,10 +42,23 @@ SUMMARY_PNG = "summary.png"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_DIR = "adapter"
+TENSORBOARD_DIR = "tensorboard"  # train.report_to: tensorboard (event files)
+WANDB_DIR = "wandb"  # train.report_to: wandb (offline run)
+MLFLOW_DIR = "mlruns"  # train.report_to: mlflow (local file store)
 
 # What a training run writes at its top level (a comparison clears exactly these when it
 # restarts a run that crashed before its first checkpoint).
-RUN_FILES = (RECIPE_FILE, METRICS_FILE, COMPLETIONS_FILE, CHECKPOINTS_DIR, FINAL_DIR)
+RUN_FILES = (
+    RECIPE_FILE,
+    METRICS_FILE,
+    COMPLETIONS_FILE,
+    CHECKPOINTS_DIR,
+    FINAL_DIR,
+    SUMMARY_PNG,
+    TENSORBOARD_DIR,
+    WANDB_DIR,
+    MLFLOW_DIR,
+)
 
 RUNS_ROOT = Path("runs")
 EVALS_ROOT = Path("evals")

@@ -7,7 +7,7 @@ the only writer). Nothing here prints: `cli` renders the returned data. None of 
 torch, so comparing finished runs never loads it.
 """
 
-from gspo_cli.commands.compare.files import write_plots, write_report
+from gspo_cli.commands.compare.files import write_plots, write_report, write_run_plot
 from gspo_cli.commands.compare.plan import (
     PlannedRun,
     RunState,
@@ -78,4 +78,5 @@ __all__ = [
     "summarise_run",
     "write_plots",
     "write_report",
+    "write_run_plot",
 ]

@@ -27,6 +27,14 @@ PANELS: tuple[tuple[str, str, bool], ...] = (
     ("ratio_mean", "importance ratio (mean)", False),
 )
 ROUTER_PANEL = (ROUTER_KEY, "router drift: (token, layer) expert sets changed", False)
+# The y axis of each panel, with its unit (metrics.jsonl's meanings; README: Metrics).
+YLABELS = {
+    "reward_mean": "reward (mean over completions)",
+    "eval_accuracy": "greedy accuracy (fraction correct)",
+    "clip_frac": "fraction clipped (log)",
+    "ratio_mean": "π / π_old (1 = on-policy)",
+    ROUTER_KEY: "fraction changed",
+}
 
 
 def panels(groups: Sequence[AlgoSummary]) -> tuple[tuple[str, str, bool], ...]:
@@ -106,14 +114,15 @@ def _draw(ax: Any, groups: Sequence[AlgoSummary], key: str, log: bool, by_wall: 
     if log and positive:  # zeros are left out; all-zero data stays linear
         ax.set_yscale("log", nonpositive="mask")
     ax.set_title(title, fontsize=10)
-    ax.set_xlabel("training wall time (s)" if by_wall else "step")
+    ax.set_xlabel("training wall time (s)" if by_wall else "rollout step")
+    ax.set_ylabel(YLABELS[key])
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
 
 
-def figures(groups: Sequence[AlgoSummary]) -> Iterator[tuple[str, Figure]]:
-    """summary.png (a 2×4 grid, 2×5 with router drift: each metric against step and against
-    wall time), then one figure per metric, each with the name of its PNG file."""
+def summary_figure(groups: Sequence[AlgoSummary], title: str | None = None) -> Figure:
+    """summary.png: a 2×4 grid (2×5 with router drift), each metric against step and against
+    wall time; titled with the headline unless `title` is given."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -124,9 +133,18 @@ def figures(groups: Sequence[AlgoSummary]) -> Iterator[tuple[str, Figure]]:
     for col, (key, _, log) in enumerate(shown):
         for row, by_wall in enumerate((False, True)):
             _draw(axes[row][col], groups, key, log, by_wall)
-    fig.suptitle(headline(groups), fontsize=12)
-    yield SUMMARY_PNG, fig
-    for key, _, log in shown:
+    fig.suptitle(title or headline(groups), fontsize=12)
+    return fig
+
+
+def figures(groups: Sequence[AlgoSummary]) -> Iterator[tuple[str, Figure]]:
+    """summary.png (`summary_figure`), then one figure per metric, each with the name of its
+    PNG file."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    yield SUMMARY_PNG, summary_figure(groups)
+    for key, _, log in panels(groups):
         fig = Figure(figsize=(11, 4), layout="constrained")
         FigureCanvasAgg(fig)
         left, right = fig.subplots(1, 2)

@@ -117,8 +117,9 @@ def _read_rows(path: Path) -> tuple[dict[int, dict[str, float]], dict[int, float
     return train, evals
 
 
-def load_run(run_dir: Path) -> RunData:
-    """Read one finished run, or raise RunProblem saying why it cannot be compared."""
+def load_run(run_dir: Path, unfinished_ok: bool = False) -> RunData:
+    """Read one finished run (with `unfinished_ok`, one still going: its steps so far), or raise
+    RunProblem saying why it cannot be compared."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunProblem(f"{run_dir}: a file, not a run directory")
     if not run_dir.is_dir():
@@ -138,7 +139,7 @@ def load_run(run_dir: Path) -> RunData:
     if not train or not evals:
         raise RunProblem(f"{metrics}: no {'train' if not train else 'eval'} rows")
     done = max(train)
-    if done < steps:
+    if done < steps and not unfinished_ok:
         raise RunProblem(
             f"{run_dir}: unfinished ({done} of {steps} steps); finish it with "
             f"`gspo train --resume {run_dir}` or rerun the comparison with --out"
