@@ -201,3 +201,21 @@ def test_each_mode_takes_its_papers_defaults(
 def test_explicit_advantage_scale_wins_over_the_modes() -> None:
     algo = load_recipe(None, ["algo.mode=dr_grpo", "algo.advantage_scale=group"]).algo
     assert algo.advantage_scale == "group"
+
+
+@pytest.mark.parametrize("mode", VARIANTS)
+def test_gspo_only_warnings_stay_quiet_for_the_variants(mode: str) -> None:
+    """One on-policy minibatch and a 0.2-sized clip are the GRPO family's normal settings:
+    neither the recipe's GSPO warnings nor the watchdog's on_policy warning fire."""
+    from gspo_cli.recipe import warnings_for
+    from gspo_cli.rundir.watchdog import Watchdog
+
+    recipe = load_recipe(None, [f"algo.mode={mode}", "algo.minibatches=1"])
+    assert warnings_for(recipe) == []
+    flat = {"reward_std": 0.5, "zero_std_frac": 0.1, "truncated_frac": 0.0}
+    rows = [{**flat, "step": i, "clip_frac_offpolicy_max": 0.0} for i in range(8)]
+    dog, control = Watchdog(mode, 8), Watchdog("gspo", 8)
+    assert all(dog.observe(r) == [] for r in rows)
+    fired = [w.code for r in rows for w in control.observe(r)]
+    assert fired == ["on_policy"], "the same rows warn for GSPO"
+    assert warnings_for(load_recipe(None, ["algo.minibatches=1"])), "and so does its recipe"
