@@ -1,4 +1,4 @@
-"""GSPO and GRPO policy losses as pure tensor functions (arXiv 2507.18071).
+"""GSPO, GRPO and the GRPO family's policy losses as pure tensor functions.
 
 Shapes: N responses (prompts x group size G), T completion positions. ``mask`` is 1.0 on
 completion tokens (up to and including EOS) and 0.0 on padding; ``L_i = sum_t m_it``.
@@ -11,6 +11,21 @@ completion tokens (up to and including EOS) and 0.0 on padding; ``L_i = sum_t m_
 - GSPO-token (Eq. 13-14):  log s_it = sg[log s_i] + logp_it - sg[logp_it], then GRPO's
   token-level objective and aggregation with s_it in place of w_it. Its value and gradient
   equal GSPO's; it exists for per-token advantages.
+- Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", arXiv 2503.20783, Eq. 3):
+  GRPO's clipped token terms without the 1/L_i length normaliser and without the std in the
+  advantage (``advantage_scale: none``):  loss = mean_i [ (1/C) sum_t m_it * term_it ], with
+  the constant C = ``max_tokens`` (the paper's MAX_TOKENS; the recipe's max_new_tokens).
+- DAPO (Yu et al. 2025, arXiv 2503.14476, Eq. 8-10): GRPO's clipped token terms with
+  clip-higher (eps_low 0.2, eps_high 0.28), averaged over every token of the minibatch:
+  loss = sum_{i,t} m_it * term_it / sum_{i,t} m_it.
+- CISPO (MiniMax-M1, arXiv 2506.13585, Eq. 4-5): the token weight is truncated and detached,
+  never the gradient:  loss = -sum_{i,t} m_it sg[clip(w_it, 1-eps_low, 1+eps_high)] A_i
+  logp_it / sum_{i,t} m_it. The paper sets no lower bound (eps_low = 1 here: the weight is
+  clipped to [0, 1+eps_high]); eps_high = 4 caps it at 5, ScaleRL's setting (arXiv 2510.13786).
+- GMPO (Zhao et al. 2025, arXiv 2507.20673, Eq. 4-7): the geometric mean of the clipped token
+  terms, clipped in log space (eps = 0.4 both sides):  with sgn = sign(A_i),
+  log g_i = (1/L_i) sum_t m_it sgn * min(sgn * log w_it, sgn * clip(log w_it, -eps_low,
+  eps_high)),  loss = mean_i [ -A_i exp(log g_i) ].
 - KL (optional, k3):  exp(ref - logp) - (ref - logp) - 1 per token, token mean per response,
   then mean over responses.
 
@@ -22,12 +37,14 @@ are upcast, since GSPO's clip range (about 3e-4) is below bf16's resolution near
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import get_args
 
 import torch
 from torch import Tensor
 
+from gspo_cli.base.constants import MINIBATCH_TOKEN_MODES
 from gspo_cli.base.constants import AdvantageScale as AdvantageScale
 from gspo_cli.base.constants import Mode as Mode
 
@@ -40,8 +57,9 @@ class LossStats:
     """Detached statistics of one policy-loss call, as Python floats.
 
     Clip fractions and ratio statistics are per response for GSPO and GSPO-token (over
-    responses with at least one completion token) and per completion token for GRPO.
-    Ratios are the clamped ones the loss actually used.
+    responses with at least one completion token) and per completion token for the token
+    modes (GMPO: the token ratio against its log-space bounds; CISPO: a weight truncated at
+    either bound, whatever the advantage's sign). Ratios are the clamped ones the loss used.
     """
 
     clip_frac: float  # clip_frac_low + clip_frac_high
@@ -141,14 +159,20 @@ def policy_loss(
     clip_low: float,
     clip_high: float,
     max_log_ratio: float = 10.0,
+    max_tokens: float | None = None,
+    mean_length: float | None = None,
 ) -> tuple[Tensor, LossStats]:
-    """Clipped policy loss to minimise, for GSPO, GRPO or GSPO-token, plus detached stats.
+    """Clipped policy loss to minimise, for any ``Mode``, plus detached stats.
 
     ``logprobs``, ``old_logprobs`` and ``mask`` are ``[N, T]`` float tensors; ``advantages``
-    is ``[N]``. Every mode averages over responses with equal weight, so a response's length
-    never weights its share of the loss. An all-padding response contributes 0 to the loss
-    and is left out of the GSPO stats. Raises ``ValueError`` on mismatched shapes, an
-    unknown mode, or a negative clip / non-positive ``max_log_ratio``.
+    is ``[N]``. GSPO, GSPO-token, GRPO, Dr. GRPO and GMPO average over responses with equal
+    weight; DAPO and CISPO average over tokens. ``max_tokens`` is Dr. GRPO's constant C
+    (default: T). ``mean_length`` sets DAPO's and CISPO's denominator to ``N * mean_length``
+    (default: these rows' own token count), so a micro-batch given its whole minibatch's mean
+    completion length is its exact share of the minibatch's token mean. An all-padding
+    response contributes 0 to the loss and is left out of the GSPO stats. Raises
+    ``ValueError`` on mismatched shapes, an unknown mode, or a negative clip / non-positive
+    ``max_log_ratio``.
     """
     _check_token_shapes(logprobs, old_logprobs, mask)
     if advantages.shape != logprobs.shape[:1]:
@@ -168,11 +192,16 @@ def policy_loss(
     old_logprobs = old_logprobs.detach().to(dtype)  # [N, T]
     mask = mask.to(dtype)  # [N, T]
     adv = advantages.detach().to(dtype)  # [N]
-    if mode == "grpo":
-        return _grpo_loss(logprobs, old_logprobs, adv, mask, clip_low, clip_high, max_log_ratio)
-    return _gspo_loss(
-        logprobs, old_logprobs, adv, mask, clip_low, clip_high, max_log_ratio, mode == "gspo_token"
-    )
+    if mode in ("gspo", "gspo_token"):
+        return _gspo_loss(
+            logprobs, old_logprobs, adv, mask, clip_low, clip_high, max_log_ratio, mode != "gspo"
+        )
+    if mode == "gmpo":
+        return _gmpo_loss(logprobs, old_logprobs, adv, mask, clip_low, clip_high, max_log_ratio)
+    per_token, stats = _token_terms(
+        logprobs, old_logprobs, adv, mask, mode, clip_low, clip_high, max_log_ratio
+    )  # [N, T]
+    return _aggregate(per_token, mask, mode, max_tokens, mean_length), stats
 
 
 def kl_k3(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:
@@ -219,13 +248,28 @@ def _clipped_objective(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: f
 
 @torch.no_grad()
 def _stats(
-    ratio: Tensor, adv: Tensor, weight: Tensor, clip_low: float, clip_high: float
+    ratio: Tensor,
+    adv: Tensor,
+    weight: Tensor,
+    clip_low: float,
+    clip_high: float,
+    *,
+    log_space: bool = False,
+    any_sign: bool = False,
 ) -> LossStats:
-    """Clip fractions and ratio summary over the entries where ``weight`` is non-zero."""
+    """Clip fractions and ratio summary over the entries where ``weight`` is non-zero.
+
+    The bounds are ``1 - clip_low`` and ``1 + clip_high``, or ``exp(-clip_low)`` and
+    ``exp(clip_high)`` with ``log_space``. A ratio past a bound counts when the advantage's
+    sign makes the clip bind (PPO's rule), or always with ``any_sign`` (CISPO's truncation).
+    """
     ratio, adv, weight = ratio.detach(), adv.detach(), weight.detach()
     count = weight.sum().clamp(min=1)  # []
-    low = ((ratio < 1 - clip_low) & (adv < 0)).to(weight.dtype)  # same shape as ratio
-    high = ((ratio > 1 + clip_high) & (adv > 0)).to(weight.dtype)  # same shape as ratio
+    lower, upper = (
+        (math.exp(-clip_low), math.exp(clip_high)) if log_space else (1 - clip_low, 1 + clip_high)
+    )
+    low = ((ratio < lower) & ((adv < 0) | any_sign)).to(weight.dtype)  # same shape as ratio
+    high = ((ratio > upper) & ((adv > 0) | any_sign)).to(weight.dtype)  # same shape as ratio
     frac_low = float(((low * weight).sum() / count).item())
     frac_high = float(((high * weight).sum() / count).item())
     kept = ratio[weight > 0]  # [K]
@@ -240,7 +284,48 @@ def _stats(
     )
 
 
-def _grpo_loss(
+def _token_terms(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    adv: Tensor,
+    mask: Tensor,
+    mode: str,
+    clip_low: float,
+    clip_high: float,
+    max_log_ratio: float,
+) -> tuple[Tensor, LossStats]:
+    """Per-token terms of the token-ratio modes (GRPO, Dr. GRPO, DAPO: PPO's clipped term;
+    CISPO: the detached truncated weight times A times log-prob), and their stats."""
+    log_w = _masked_log_ratio(logprobs, old_logprobs, mask)  # [N, T]
+    w = torch.exp(log_w.clamp(-max_log_ratio, max_log_ratio))  # [N, T]
+    adv_t = adv.unsqueeze(1).expand_as(w)  # [N, T]
+    if mode != "cispo":
+        per_token = _clipped_objective(w, adv_t, clip_low, clip_high)  # [N, T]
+        return per_token, _stats(w, adv_t, mask, clip_low, clip_high)
+    weight = w.clamp(1 - clip_low, 1 + clip_high).detach()  # [N, T], sg[clip(w)]
+    logp = torch.where(mask > 0, logprobs, torch.zeros_like(logprobs))  # [N, T]
+    per_token = -weight * adv_t * logp  # [N, T]
+    return per_token, _stats(w, adv_t, mask, clip_low, clip_high, any_sign=True)
+
+
+def _aggregate(
+    per_token: Tensor,
+    mask: Tensor,
+    mode: str,
+    max_tokens: float | None,
+    mean_length: float | None,
+) -> Tensor:
+    """The mode's aggregation of ``[N, T]`` token terms into the scalar loss."""
+    if mode in MINIBATCH_TOKEN_MODES:  # DAPO, CISPO: one token mean over every response
+        total = mask.sum() if mean_length is None else mask.new_tensor(mean_length * len(mask))
+        return (per_token * mask).sum() / total.clamp(min=1e-8)  # []
+    if mode == "dr_grpo":  # token sums over a constant, never the response's own length
+        constant = float(mask.shape[1]) if max_tokens is None else float(max_tokens)
+        return ((per_token * mask).sum(dim=1) / constant).mean()  # []
+    return masked_mean(per_token, mask, dim=1).mean()  # [] GRPO: token mean per response
+
+
+def _gmpo_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
     adv: Tensor,
@@ -249,13 +334,17 @@ def _grpo_loss(
     clip_high: float,
     max_log_ratio: float,
 ) -> tuple[Tensor, LossStats]:
-    """GRPO: token-level ratio, token mean within each response, mean over responses."""
+    """GMPO: geometric mean of the token terms, each clipped in log space (see the module)."""
     log_w = _masked_log_ratio(logprobs, old_logprobs, mask)  # [N, T]
+    sign = adv.sign().unsqueeze(1)  # [N, 1]
+    bounded = log_w.clamp(-clip_low, clip_high)  # [N, T]
+    log_term = sign * torch.minimum(sign * log_w, sign * bounded)  # [N, T], 0 where A = 0
+    log_g = masked_mean(log_term, mask, dim=1).clamp(-max_log_ratio, max_log_ratio)  # [N]
+    has_tokens = (mask.sum(dim=1) > 0).to(log_g.dtype)  # [N]
+    loss = (-adv * torch.exp(log_g) * has_tokens).mean()  # []
     w = torch.exp(log_w.clamp(-max_log_ratio, max_log_ratio))  # [N, T]
     adv_t = adv.unsqueeze(1).expand_as(w)  # [N, T]
-    per_token = _clipped_objective(w, adv_t, clip_low, clip_high)  # [N, T]
-    loss = masked_mean(per_token, mask, dim=1).mean()  # []
-    return loss, _stats(w, adv_t, mask, clip_low, clip_high)
+    return loss, _stats(w, adv_t, mask, clip_low, clip_high, log_space=True)
 
 
 def _gspo_loss(

@@ -46,9 +46,14 @@ class UpdateStats:
 
 
 def _objective(
-    logprobs: torch.Tensor, batch: RolloutBatch, rows: torch.Tensor, recipe: Recipe
+    logprobs: torch.Tensor,
+    batch: RolloutBatch,
+    rows: torch.Tensor,
+    recipe: Recipe,
+    mean_length: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, LossStats]:
-    """Policy loss (+ β·KL) of `rows` given their current log-probs `[n, T_k]`."""
+    """Policy loss (+ β·KL) of `rows` given their current log-probs `[n, T_k]`; `mean_length`
+    is the whole minibatch's mean completion length (DAPO's and CISPO's token mean)."""
     algo, t = recipe.algo, logprobs.shape[1]
     mask = batch.gen.completion_mask[rows, :t]  # [n, T_k]
     loss, stats = policy_loss(
@@ -60,6 +65,8 @@ def _objective(
         clip_low=algo.clip_low,
         clip_high=algo.clip_high,
         max_log_ratio=algo.max_log_ratio,
+        max_tokens=recipe.rollout.max_new_tokens,
+        mean_length=mean_length,
     )
     kl = torch.zeros((), device=loss.device)
     if batch.ref_logprobs is not None:
@@ -88,6 +95,10 @@ def accumulate_gradients(
     and stats are recomputed (without gradients) from every rank's log-probs, so they are
     the minibatch's own, not an average of parts.
 
+    DAPO's and CISPO's token mean over the minibatch is such a mean too, once each
+    micro-batch's denominator is n_k times the whole minibatch's mean completion length
+    (never the micro-batch's own token count).
+
     Mixture-of-experts policies: with `algo.routing_replay` each forward routes tokens to the
     experts π_old chose; a `meter` adds up how far the routers' own choice has drifted from
     π_old's over the minibatch's completion tokens (see `routing`).
@@ -102,6 +113,7 @@ def accumulate_gradients(
     plans = microbatch.plan(gen.attention_mask, gen.completion_mask, rows[mine], budget)
     passes = distributed.max_int(cluster, len(plans))  # before any pass: collectives pair up
     replay = recipe.algo.routing_replay
+    mean_length = float(gen.completion_mask[rows].sum()) / max(n, 1)  # the whole minibatch's
     for mb in plans:
         experts = batch.old_experts
         with routing.update_pass(
@@ -115,7 +127,7 @@ def accumulate_gradients(
                 recipe.rollout.temperature,
                 recipe.train.logprob_chunk_tokens,
             )  # [n_k, T_k]
-        loss, _, _ = _objective(logprobs, batch, mb.rows, recipe)
+        loss, _, _ = _objective(logprobs, batch, mb.rows, recipe, mean_length)
         (loss * (len(mb.rows) * cluster.world_size / n)).backward()  # type: ignore[no-untyped-call]
         gathered[mine[mb.positions], : mb.completion_len] = logprobs.detach().float()
     for _ in range(passes - len(plans)):

@@ -359,3 +359,59 @@ def test_router_drift_is_compared_only_when_runs_have_it(
     assert "| grpo | 0 | 0.400 | 0.400 | 0.500 | 0.001 | 20 | 550 | - |" in text, text
     written = compare.write_plots(tmp_path / "plots", groups)
     assert "router_drift.png" in {p.name for p in written}
+
+
+def test_plan_runs_accepts_every_mode_with_its_defaults(tmp_path: Path) -> None:
+    """--algos takes every mode; each run gets its mode's clip range and advantage scale, and
+    a recipe file's own advantage scale is not carried into another mode's run."""
+    from typing import get_args
+
+    from gspo_cli.base.constants import Mode
+    from gspo_cli.recipe import DEFAULT_ADVANTAGE_SCALE, DEFAULT_CLIP
+
+    modes = list(get_args(Mode))
+    raw = {"algo": {"mode": "gspo", "advantage_scale": "group"}}
+    planned, notes = compare.plan_runs(raw, modes, [0], [], tmp_path, "r.yaml")
+    got = {p.algo: (p.recipe.algo.clip_low, p.recipe.algo.clip_high) for p in planned}
+    assert got == {m: DEFAULT_CLIP[m] for m in modes}
+    scales = {p.algo: p.recipe.algo.advantage_scale for p in planned}
+    assert scales == {m: DEFAULT_ADVANTAGE_SCALE[m] for m in modes}
+    assert scales["dr_grpo"] == "none", "Dr. GRPO's advantage has no std"
+    assert any("dr_grpo" in n and "advantage_scale" in n for n in notes), notes
+
+
+def test_report_states_each_algorithms_clip_range_and_aggregation(tmp_path: Path) -> None:
+    """The Algorithms table names, per algorithm, its ratio, aggregation, advantage (read from
+    the run's recipe), the clip range its runs used and the paper."""
+    dapo = make_run(tmp_path, "dapo-seed0", "grpo", 0, *GRPO0)
+    recipe = yaml.safe_load((dapo / "recipe.yaml").read_text())
+    recipe["algo"] = {
+        "mode": "dapo",
+        "clip_low": 0.2,
+        "clip_high": 0.28,
+        "advantage_scale": "group",
+    }
+    (dapo / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    gspo = make_run(tmp_path, "gspo-seed0", "gspo", 0, *GSPO0)
+    runs, _ = compare.load_runs([gspo, dapo])
+    text = compare.report_markdown(compare.aggregate(runs), "cmd", [], [])
+    assert (
+        "| dapo | token, clipped (clip-higher) | token mean over the whole minibatch | "
+        "(r - group mean) / group std | 0.2 / 0.28 | Yu et al. 2025, arXiv 2503.14476 |"
+    ) in text, text
+    # a hand-made recipe without algo.advantage_scale says "-", not a guess
+    assert (
+        "| gspo | sequence (geometric mean of token ratios), clipped | mean over responses "
+        "| - | 0.0003 / 0.0004 |" in text
+    ), text
+
+
+def test_every_mode_has_its_own_colour_and_line_style() -> None:
+    from typing import get_args
+
+    from gspo_cli.base.constants import Mode
+    from gspo_cli.commands.compare.plots import LINESTYLES
+
+    modes = get_args(Mode)
+    assert len({compare.COLORS[m] for m in modes}) == len(modes)
+    assert len({str(LINESTYLES[m]) for m in modes}) == len(modes)

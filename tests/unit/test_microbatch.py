@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 
-from gspo_cli.losses import group_advantages
+from gspo_cli.losses import Mode, group_advantages
 from gspo_cli.models.loading import load_policy
 from gspo_cli.recipe import load_recipe
 from gspo_cli.rollout.sampling import generate
@@ -80,7 +81,7 @@ def rollout(tiny_model_dir: Path) -> tuple[object, RolloutBatch]:
     return model, RolloutBatch(gen, rewards, adv.double(), old, old + 0.02)
 
 
-@pytest.mark.parametrize("mode", ["gspo", "grpo", "gspo_token"])
+@pytest.mark.parametrize("mode", get_args(Mode))
 def test_split_gradient_equals_unsplit(rollout: tuple[object, RolloutBatch], mode: str) -> None:
     """Micro-batches of ~1 row give the same loss, stats and gradient as one pass (float64)."""
     model, batch = rollout

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import torch
@@ -17,7 +17,7 @@ from gspo_cli.base import distributed
 from gspo_cli.base.distributed import Cluster, from_env
 from gspo_cli.base.errors import RecipeError, UserError
 from gspo_cli.base.seeding import derive
-from gspo_cli.losses import group_advantages
+from gspo_cli.losses import Mode, group_advantages
 from gspo_cli.models.loading import load_policy
 from gspo_cli.recipe import check_world_size, load_recipe
 from gspo_cli.rollout.sampling import RowSampler, generate, top_p_filter
@@ -195,7 +195,7 @@ def no_collectives(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(distributed, "all_reduce", lambda cluster, tensor, op="sum": tensor)
 
 
-@pytest.mark.parametrize("mode", ["gspo", "grpo"])
+@pytest.mark.parametrize("mode", get_args(Mode))
 def test_two_ranks_with_the_global_count_give_the_one_process_gradient(
     rollout: tuple[Any, RolloutBatch], no_collectives: None, mode: str
 ) -> None:

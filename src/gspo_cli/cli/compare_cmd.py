@@ -4,13 +4,14 @@ runs), or compare finished runs, then write the report and plots and print the t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, get_args
 
 import typer
 import typer.core
 from rich.markup import escape
 from rich.table import Table
 
+from gspo_cli.base.constants import Mode
 from gspo_cli.base.errors import (
     GspoError,
     Interrupted,
@@ -45,7 +46,9 @@ TargetsArg = Annotated[
 AlgosOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--algos", help="Algorithms to run: --algos gspo grpo (default).", show_default=False
+        "--algos",
+        help=f"Algorithms to run: --algos gspo grpo (default); any of {', '.join(get_args(Mode))}.",
+        show_default=False,
     ),
 ]
 SeedsOpt = Annotated[
@@ -71,7 +74,8 @@ def compare(
     out: CompareOutOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run GSPO vs GRPO (per seed) and compare: a table, report.md and PNG plots."""
+    """Run GSPO vs GRPO or its variants (per seed) and compare: a table, report.md and PNG
+    plots."""
     with user_errors():
         from gspo_cli.commands import compare as comparing
 

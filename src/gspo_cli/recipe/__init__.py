@@ -22,6 +22,7 @@ from gspo_cli.recipe.load import apply_override, load_recipe, read_yaml, validat
 from gspo_cli.recipe.resume import BREAKING_ON_RESUME, resume_changes
 from gspo_cli.recipe.schema import Recipe, RewardSpec
 from gspo_cli.recipe.sections import (
+    DEFAULT_ADVANTAGE_SCALE,
     DEFAULT_CLIP,
     GENERATED_TASKS,
     MAX_COMPLETIONS,
@@ -41,6 +42,7 @@ from gspo_cli.recipe.sections import (
 
 __all__ = [
     "BREAKING_ON_RESUME",
+    "DEFAULT_ADVANTAGE_SCALE",
     "DEFAULT_CLIP",
     "GENERATED_TASKS",
     "MAX_COMPLETIONS",

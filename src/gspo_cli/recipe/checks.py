@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from gspo_cli import rewards
+from gspo_cli.base.constants import SEQUENCE_MODES
 from gspo_cli.base.errors import RecipeError
 from gspo_cli.recipe.schema import Recipe
 from gspo_cli.recipe.sections import (
@@ -127,7 +128,7 @@ def warnings_for(recipe: Recipe) -> list[str]:
     """Settings that are legal but probably not what the user meant."""
     notes = []
     algo = recipe.algo
-    if algo.mode != "grpo" and algo.minibatches == 1 and algo.epochs == 1:
+    if algo.mode in SEQUENCE_MODES and algo.minibatches == 1 and algo.epochs == 1:
         notes.append(
             f"algo.mode {algo.mode} with 1 minibatch and 1 epoch: every update is on-policy, the "
             "ratio is always 1, clipping never fires and GSPO reduces to GRPO with sequence-mean "
@@ -139,7 +140,7 @@ def warnings_for(recipe: Recipe) -> list[str]:
             f"reward {checker} checks task {recipe.data.task}, whose own checker is "
             f"{task_checker}; set reward: {task_checker} unless that is what you meant"
         )
-    if algo.mode != "grpo" and max(algo.clip_low, algo.clip_high) >= 0.01:
+    if algo.mode in SEQUENCE_MODES and max(algo.clip_low, algo.clip_high) >= 0.01:
         notes.append(
             f"algo.clip_low/clip_high {algo.clip_low}/{algo.clip_high} are GRPO-sized; a sequence "
             "ratio almost never leaves such a range, so clipping is effectively off for "

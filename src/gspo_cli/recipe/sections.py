@@ -12,13 +12,23 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gspo_cli.base.constants import LOGPROB_CHUNK_TOKENS, AdvantageScale, Mode
 
-# Paper settings (GSPO §5.1 and the GRPO baseline). GSPO's ratio is a per-token geometric
-# mean, so its clip range is three orders of magnitude tighter than GRPO's.
+# Paper settings (GSPO §5.1 and the GRPO baseline; each variant's paper, cited in `losses`).
+# GSPO's ratio is a per-token geometric mean, so its clip range is three orders of magnitude
+# tighter than GRPO's. CISPO's low bound of 1 is none (the weight is clipped to [0, 5]);
+# GMPO's range is in log space (the token ratio stays in [e^-0.4, e^0.4]).
 DEFAULT_CLIP: dict[str, tuple[float, float]] = {
     "gspo": (3e-4, 4e-4),
     "gspo_token": (3e-4, 4e-4),
     "grpo": (0.2, 0.27),
+    "dr_grpo": (0.2, 0.2),
+    "dapo": (0.2, 0.28),
+    "cispo": (1.0, 4.0),
+    "gmpo": (0.4, 0.4),
 }
+
+# Dr. GRPO drops the std from the advantage (its difficulty bias); every other mode keeps it.
+DEFAULT_ADVANTAGE_SCALE: dict[str, AdvantageScale] = {mode: "group" for mode in DEFAULT_CLIP}
+DEFAULT_ADVANTAGE_SCALE["dr_grpo"] = "none"
 
 
 # Upper bounds on sizes: far beyond any real use, low enough that a typo (an extra three
@@ -147,6 +157,11 @@ def mode_clip_high(data: dict[str, Any]) -> float:
     return DEFAULT_CLIP[data["mode"]][1]
 
 
+def mode_advantage_scale(data: dict[str, Any]) -> AdvantageScale:
+    """`algo.advantage_scale`'s default: the mode's paper setting (DEFAULT_ADVANTAGE_SCALE)."""
+    return DEFAULT_ADVANTAGE_SCALE[data["mode"]]
+
+
 class DataSection(_Section):
     task: Task = Field(
         "addition",
@@ -231,20 +246,23 @@ class RolloutSection(_Section):
 class AlgoSection(_Section):
     mode: Mode = Field(
         "gspo",
-        description="'gspo' (sequence-level ratio), 'grpo' (token-level ratio, the ablation) or "
-        "'gspo_token' (GSPO's token form, for per-token advantages)",
+        description="'gspo' (sequence-level ratio), 'grpo' (token-level ratio, the ablation), "
+        "'gspo_token' (GSPO's token form, for per-token advantages), or a GRPO variant: "
+        "'dr_grpo', 'dapo', 'cispo', 'gmpo' (the README's algorithm table)",
     )
     clip_low: float = Field(
         default_factory=mode_clip_low,
-        description="ε_low: ratios below 1-ε_low are clipped; default: algo.mode's, 3e-4 for "
-        "gspo and gspo_token, 0.2 for grpo",
+        description="ε_low: ratios below 1-ε_low are clipped (gmpo: log-ratios below -ε_low; "
+        "1: no lower bound); default: algo.mode's, 3e-4 for gspo and gspo_token, 0.2 for grpo, "
+        "dr_grpo and dapo, 1 for cispo, 0.4 for gmpo",
         gt=0,
-        lt=1,
+        le=1,
     )
     clip_high: float = Field(
         default_factory=mode_clip_high,
-        description="ε_high: ratios above 1+ε_high are clipped; default: algo.mode's, 4e-4 for "
-        "gspo and gspo_token, 0.27 for grpo",
+        description="ε_high: ratios above 1+ε_high are clipped (gmpo: log-ratios above "
+        "ε_high); default: algo.mode's, 4e-4 for gspo and gspo_token, 0.27 for grpo, 0.2 for "
+        "dr_grpo, 0.28 for dapo, 4 for cispo, 0.4 for gmpo",
         gt=0,
     )
     minibatches: int = Field(
@@ -258,7 +276,9 @@ class AlgoSection(_Section):
         0.0, ge=0, description="weight of a k3 KL penalty to the initial model (paper: 0, off)"
     )
     advantage_scale: AdvantageScale = Field(
-        "group", description="advantage denominator: the group's reward std, the batch's, or 1"
+        default_factory=mode_advantage_scale,
+        description="advantage denominator: the group's reward std, the batch's, or 1; "
+        "default: algo.mode's, 'none' for dr_grpo, 'group' for every other mode",
     )
     max_log_ratio: float = Field(
         10.0, gt=0, description="bound on |log ratio| before exp, so the loss stays finite"

@@ -11,7 +11,7 @@ condition starts to hold, and again only after the condition has cleared and com
   are 0 (the task is too hard or too easy for the model; the reward is too coarse).
 - `truncation`: mean `truncated_frac` >= `TRUNCATED_FRAC`, completions hit the new-token
   limit (`rollout.max_new_tokens` too small for an answer).
-- `on_policy` (GSPO modes): `clip_frac_offpolicy_max` is 0 on every step, the policy barely
+- `on_policy` (GSPO and GSPO-token): `clip_frac_offpolicy_max` is 0 on every step, the policy barely
   moves between minibatches (learning rate tiny, or the clip range GRPO-sized).
 
 A more specific condition hides the ones it implies: a constant reward makes every group's
@@ -25,6 +25,8 @@ import math
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from gspo_cli.base.constants import SEQUENCE_MODES
 
 FIRST_CHECK_STEP = 3  # rows seen before the first check
 WINDOW = 5  # rows each condition is judged on
@@ -99,7 +101,7 @@ def _check(
                 f"limit of {max_new_tokens} new tokens before ending, so they can rarely "
                 f"contain a whole answer; raise `rollout.max_new_tokens` (now {max_new_tokens})",
             )
-    elif code == "on_policy" and mode != "grpo":
+    elif code == "on_policy" and mode in SEQUENCE_MODES:
         clips = [_number(r, "clip_frac_offpolicy_max") for r in rows]
         if all(c == 0 for c in clips):  # NaN (one optimiser step per rollout) never holds
             return RunWarning(

@@ -1,8 +1,9 @@
 """Planning a comparison: one recipe per algorithm and seed, and where each run stands.
 
-The runs differ only in `algo.mode`, its default clip range and `seed`; an explicit `--set`
-applies to all of them. A run directory is `new`, `finished` or `unfinished`; an unfinished
-one without a checkpoint to resume from is cleared so it can restart.
+The runs differ only in `algo.mode`, its default clip range and advantage scale, and `seed`;
+an explicit `--set` applies to all of them. A run directory is `new`, `finished` or
+`unfinished`; an unfinished one without a checkpoint to resume from is cleared so it can
+restart.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from gspo_cli.rundir.paths import (
     SAMPLES_FILE,
 )
 
+# The algo keys whose defaults follow algo.mode (recipe.sections: DEFAULT_CLIP and
+# DEFAULT_ADVANTAGE_SCALE).
+MODE_DEFAULTED = ("clip_low", "clip_high", "advantage_scale")
+
 
 @dataclass(frozen=True)
 class PlannedRun:
@@ -44,23 +49,24 @@ def run_mapping(
 ) -> tuple[dict[str, Any], list[str]]:
     """The raw recipe mapping for one run, and notes on what was changed.
 
-    A clip range written in the recipe file belongs to the file's own mode, so it is dropped
-    for a run of another mode (which then takes that mode's default); a clip range given with
-    `--set` applies to every run. `--set algo.mode` and `--set seed` are replaced by the run's.
+    A clip range or advantage scale written in the recipe file belongs to the file's own mode,
+    so it is dropped for a run of another mode (which then takes that mode's default); one
+    given with `--set` applies to every run. `--set algo.mode` and `--set seed` are replaced
+    by the run's.
     """
     mapping = copy.deepcopy(raw)
     notes: list[str] = []
     section = mapping.get("algo")
     if isinstance(section, dict):
         file_mode = section.get("mode", "gspo")
-        dropped = [k for k in ("clip_low", "clip_high") if k in section]
+        dropped = [k for k in MODE_DEFAULTED if k in section]
         if file_mode != algo and dropped:
             for key in dropped:
                 del section[key]
             notes.append(
                 f"{algo}: the recipe's algo.{'/'.join(dropped)} belong to its mode {file_mode} "
-                f"and are not used; {algo} takes its default clip range (--set one to apply it "
-                "to every run)"
+                f"and are not used; {algo} takes its own defaults (--set one to apply it to "
+                "every run)"
             )
     for assignment in overrides:
         apply_override(mapping, assignment)

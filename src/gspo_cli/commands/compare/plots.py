@@ -43,7 +43,26 @@ def panels(groups: Sequence[AlgoSummary]) -> tuple[tuple[str, str, bool], ...]:
     return PANELS + ((ROUTER_PANEL,) if moe else ())
 
 
-COLORS = {"gspo": "C0", "grpo": "C1", "gspo_token": "C2"}  # matplotlib's default cycle
+# One colour (matplotlib's default cycle) and one line style per mode, so that six or seven
+# curves stay apart in colour and in print; unknown modes take the next colours, solid.
+COLORS = {
+    "gspo": "C0",
+    "grpo": "C1",
+    "gspo_token": "C2",
+    "dr_grpo": "C3",
+    "dapo": "C4",
+    "cispo": "C5",
+    "gmpo": "C6",
+}
+LINESTYLES = {
+    "gspo": "-",
+    "grpo": "--",
+    "gspo_token": ":",
+    "dr_grpo": "-.",
+    "dapo": (0, (6, 2)),
+    "cispo": (0, (4, 1, 1, 1, 1, 1)),
+    "gmpo": (0, (1, 1.5)),
+}
 
 
 def smooth(values: Sequence[float], window: int) -> list[float]:
@@ -95,6 +114,8 @@ def band(runs: Sequence[RunData], key: str, by_wall: bool, window: int = 1) -> B
 
 
 def _draw(ax: Any, groups: Sequence[AlgoSummary], key: str, log: bool, by_wall: bool) -> None:
+    """One panel: each algorithm's mean over seeds, with its min-max band. The legend is the
+    figure's (`_legend`), outside every panel, so it never covers a curve."""
     title = next(t for k, t, _ in (*PANELS, ROUTER_PANEL) if k == key)
     positive = False
     for i, group in enumerate(groups):
@@ -104,20 +125,38 @@ def _draw(ax: Any, groups: Sequence[AlgoSummary], key: str, log: bool, by_wall: 
         window = 1 if key == "eval_accuracy" else max(1, steps // 50)
         b = band(group.runs, key, by_wall, window)
         mode = group.runs[0].algo
-        color = COLORS.get(mode, f"C{i + len(COLORS)}")
+        color = COLORS.get(mode, f"C{(i + len(COLORS)) % 10}")
+        style = LINESTYLES.get(mode, "-")
         seeds = f"{len(group.runs)} seed{'s' if len(group.runs) > 1 else ''}"
         marker = "o" if key == "eval_accuracy" and len(b.x) < 30 else None
-        ax.plot(b.x, b.mean, color=color, marker=marker, ms=3, label=f"{group.label} ({seeds})")
+        label = f"{group.label} ({seeds})"
+        ax.plot(b.x, b.mean, color=color, ls=style, lw=1.4, marker=marker, ms=3, label=label)
         positive = positive or any(v > 0 for v in b.mean)
         if len(group.runs) > 1:
-            ax.fill_between(b.x, b.low, b.high, color=color, alpha=0.2, linewidth=0)
+            ax.fill_between(b.x, b.low, b.high, color=color, alpha=0.12, linewidth=0)
     if log and positive:  # zeros are left out; all-zero data stays linear
         ax.set_yscale("log", nonpositive="mask")
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("training wall time (s)" if by_wall else "rollout step")
     ax.set_ylabel(YLABELS[key])
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+
+
+def _legend(fig: Figure, axes: Sequence[Any], columns: int) -> None:
+    """One legend for the figure, below the panels: every algorithm once, in table order."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(
+            list(entries.values()),
+            list(entries),
+            loc="outside lower center",
+            ncols=min(len(entries), columns),
+            fontsize=9,
+            frameon=False,
+        )
 
 
 def summary_figure(groups: Sequence[AlgoSummary], title: str | None = None) -> Figure:
@@ -133,7 +172,8 @@ def summary_figure(groups: Sequence[AlgoSummary], title: str | None = None) -> F
     for col, (key, _, log) in enumerate(shown):
         for row, by_wall in enumerate((False, True)):
             _draw(axes[row][col], groups, key, log, by_wall)
-    fig.suptitle(title or headline(groups), fontsize=12)
+    _legend(fig, [ax for row_axes in axes for ax in row_axes], columns=7)
+    fig.suptitle(title or headline(groups), fontsize=12, wrap=True)
     return fig
 
 
@@ -145,9 +185,10 @@ def figures(groups: Sequence[AlgoSummary]) -> Iterator[tuple[str, Figure]]:
 
     yield SUMMARY_PNG, summary_figure(groups)
     for key, _, log in panels(groups):
-        fig = Figure(figsize=(11, 4), layout="constrained")
+        fig = Figure(figsize=(11, 4.8), layout="constrained")
         FigureCanvasAgg(fig)
         left, right = fig.subplots(1, 2)
         _draw(left, groups, key, log, by_wall=False)
         _draw(right, groups, key, log, by_wall=True)
+        _legend(fig, [left, right], columns=4)
         yield f"{key}.png", fig

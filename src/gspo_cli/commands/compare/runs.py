@@ -37,6 +37,7 @@ class RunData:
     series: dict[str, tuple[float, ...]]  # TRAIN_KEYS -> one value per train step (nan: null)
     eval_steps: tuple[int, ...]
     eval_accuracy: tuple[float, ...]
+    advantage: str = "-"  # algo.advantage_scale of its recipe ("-" when the recipe has none)
 
     @property
     def wall(self) -> tuple[float, ...]:
@@ -70,8 +71,9 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
-def _read_recipe(run_dir: Path) -> tuple[str, int, tuple[float, float], int]:
-    """(mode, seed, (clip_low, clip_high), train.steps) from a run's recipe.yaml."""
+def _read_recipe(run_dir: Path) -> tuple[str, int, tuple[float, float], int, str]:
+    """(mode, seed, (clip_low, clip_high), train.steps, advantage scale) from a run's
+    recipe.yaml; the advantage scale is "-" when the recipe does not say."""
     path = run_dir / RECIPE_FILE
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -85,7 +87,7 @@ def _read_recipe(run_dir: Path) -> tuple[str, int, tuple[float, float], int]:
         ) from None
     if not (isinstance(mode, str) and isinstance(seed, int) and isinstance(steps, int)):
         raise RunProblem(f"{path}: seed, algo.mode or train.steps has the wrong type")
-    return mode, seed, clip, steps
+    return mode, seed, clip, steps, str(algo.get("advantage_scale", "-"))
 
 
 def _read_rows(path: Path) -> tuple[dict[int, dict[str, float]], dict[int, float]]:
@@ -129,7 +131,7 @@ def load_run(run_dir: Path, unfinished_ok: bool = False) -> RunData:
         raise RunProblem(f"{run_dir}: missing {METRICS_FILE} (the run never started)")
     if not (run_dir / RECIPE_FILE).is_file():
         raise RunProblem(f"{run_dir}: missing {RECIPE_FILE}, so its algorithm is unknown")
-    mode, seed, clip, steps = _read_recipe(run_dir)
+    mode, seed, clip, steps, advantage = _read_recipe(run_dir)
     try:
         train, evals = _read_rows(metrics)
     except RunProblem as exc:
@@ -158,6 +160,7 @@ def load_run(run_dir: Path, unfinished_ok: bool = False) -> RunData:
         series,
         tuple(eval_order),
         tuple(evals[s] for s in eval_order),
+        advantage,
     )
 
 
