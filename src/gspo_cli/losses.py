@@ -141,6 +141,7 @@ def policy_loss(
     clip_low: float,
     clip_high: float,
     max_log_ratio: float = 10.0,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, LossStats]:
     """Clipped policy loss to minimise, for GSPO, GRPO or GSPO-token, plus detached stats.
 
@@ -149,12 +150,22 @@ def policy_loss(
     never weights its share of the loss. An all-padding response contributes 0 to the loss
     and is left out of the GSPO stats. Raises ``ValueError`` on mismatched shapes, an
     unknown mode, or a negative clip / non-positive ``max_log_ratio``.
+
+    ``token_weights`` ``[N, T]`` (detached; e.g. TIS, ``rollout/mismatch.py``) multiply each
+    token's clipped term before aggregation; a sequence-level term (GSPO) stands at every
+    token of its response, so it is multiplied by the response's mean weight. None (or all
+    ones) leaves the loss and its gradient exactly as they are; the stats are unweighted.
     """
     _check_token_shapes(logprobs, old_logprobs, mask)
     if advantages.shape != logprobs.shape[:1]:
         raise ValueError(
             f"advantages must have shape [N] = {tuple(logprobs.shape[:1])}, "
             f"got {tuple(advantages.shape)}"
+        )
+    if token_weights is not None and token_weights.shape != logprobs.shape:
+        raise ValueError(
+            f"token_weights must have shape [N, T] = {tuple(logprobs.shape)}, "
+            f"got {tuple(token_weights.shape)}"
         )
     if mode not in _MODES:
         raise ValueError(f"unknown loss mode {mode!r}; expected one of {_MODES}")
@@ -168,10 +179,21 @@ def policy_loss(
     old_logprobs = old_logprobs.detach().to(dtype)  # [N, T]
     mask = mask.to(dtype)  # [N, T]
     adv = advantages.detach().to(dtype)  # [N]
+    weights = None if token_weights is None else token_weights.detach().to(dtype)  # [N, T]
     if mode == "grpo":
-        return _grpo_loss(logprobs, old_logprobs, adv, mask, clip_low, clip_high, max_log_ratio)
+        return _grpo_loss(
+            logprobs, old_logprobs, adv, mask, clip_low, clip_high, max_log_ratio, weights
+        )
     return _gspo_loss(
-        logprobs, old_logprobs, adv, mask, clip_low, clip_high, max_log_ratio, mode == "gspo_token"
+        logprobs,
+        old_logprobs,
+        adv,
+        mask,
+        clip_low,
+        clip_high,
+        max_log_ratio,
+        mode == "gspo_token",
+        weights,
     )
 
 
@@ -210,11 +232,15 @@ def _masked_log_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> T
     return torch.where(mask > 0, diff, torch.zeros_like(diff))  # [N, T]
 
 
-def _clipped_objective(ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float) -> Tensor:
-    """PPO-style pessimistic term ``-min(r A, clip(r, 1-lo, 1+hi) A)``, elementwise."""
+def _clipped_objective(
+    ratio: Tensor, adv: Tensor, clip_low: float, clip_high: float, weight: Tensor | None = None
+) -> Tensor:
+    """PPO-style pessimistic term ``-min(r A, clip(r, 1-lo, 1+hi) A)``, elementwise, times
+    ``weight`` (same shape) when given: the one place ``token_weights`` enter the loss."""
     unclipped = ratio * adv  # [N] or [N, T]
     clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * adv  # [N] or [N, T]
-    return -torch.minimum(unclipped, clipped)  # [N] or [N, T]
+    objective = -torch.minimum(unclipped, clipped)  # [N] or [N, T]
+    return objective if weight is None else objective * weight  # [N] or [N, T]
 
 
 @torch.no_grad()
@@ -248,12 +274,13 @@ def _grpo_loss(
     clip_low: float,
     clip_high: float,
     max_log_ratio: float,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, LossStats]:
     """GRPO: token-level ratio, token mean within each response, mean over responses."""
     log_w = _masked_log_ratio(logprobs, old_logprobs, mask)  # [N, T]
     w = torch.exp(log_w.clamp(-max_log_ratio, max_log_ratio))  # [N, T]
     adv_t = adv.unsqueeze(1).expand_as(w)  # [N, T]
-    per_token = _clipped_objective(w, adv_t, clip_low, clip_high)  # [N, T]
+    per_token = _clipped_objective(w, adv_t, clip_low, clip_high, weights)  # [N, T]
     loss = masked_mean(per_token, mask, dim=1).mean()  # []
     return loss, _stats(w, adv_t, mask, clip_low, clip_high)
 
@@ -267,6 +294,7 @@ def _gspo_loss(
     clip_high: float,
     max_log_ratio: float,
     token_level: bool,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, LossStats]:
     """GSPO (one ratio per response) or GSPO-token (same value and gradient, per token)."""
     log_s = sequence_log_ratio(logprobs, old_logprobs, mask)  # [N]
@@ -280,10 +308,12 @@ def _gspo_loss(
         token_part = _masked_log_ratio(logprobs, logprobs, mask) * in_range  # [N, T], value 0
         s_t = torch.exp(log_s_clamped.detach().unsqueeze(1) + token_part)  # [N, T]
         adv_t = adv.unsqueeze(1).expand_as(s_t)  # [N, T]
-        per_token = _clipped_objective(s_t, adv_t, clip_low, clip_high)  # [N, T]
+        per_token = _clipped_objective(s_t, adv_t, clip_low, clip_high, weights)  # [N, T]
         loss = masked_mean(per_token, mask, dim=1).mean()  # []
     else:
         # One term per response, never broadcast over tokens: that would length-weight it.
-        per_response = _clipped_objective(s, adv, clip_low, clip_high) * has_tokens  # [N]
+        # Token weights: the response's mean (its term stands at each of its tokens).
+        weight = None if weights is None else masked_mean(weights, mask, dim=1)  # [N]
+        per_response = _clipped_objective(s, adv, clip_low, clip_high, weight) * has_tokens  # [N]
         loss = per_response.mean()  # []
     return loss, _stats(s, adv, has_tokens, clip_low, clip_high)

@@ -50,7 +50,9 @@ def _objective(
 ) -> tuple[torch.Tensor, torch.Tensor, LossStats]:
     """Policy loss (+ β·KL) of `rows` given their current log-probs `[n, T_k]`."""
     algo, t = recipe.algo, logprobs.shape[1]
-    mask = batch.gen.completion_mask[rows, :t]  # [n, T_k]
+    masks = batch.gen.completion_mask if batch.loss_mask is None else batch.loss_mask
+    mask = masks[rows, :t]  # [n, T_k] (overlong filtering zeroes truncated rows)
+    weights = None if batch.token_weights is None else batch.token_weights[rows, :t]  # TIS
     loss, stats = policy_loss(
         logprobs,
         batch.old_logprobs[rows, :t],
@@ -60,6 +62,7 @@ def _objective(
         clip_low=algo.clip_low,
         clip_high=algo.clip_high,
         max_log_ratio=algo.max_log_ratio,
+        token_weights=weights,
     )
     kl = torch.zeros((), device=loss.device)
     if batch.ref_logprobs is not None:
