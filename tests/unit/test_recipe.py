@@ -298,7 +298,7 @@ def test_readme_documents_every_recipe_key() -> None:
     assert keys - documented == set(), keys - documented
     assert documented - keys == set(), documented - keys
     # A guard on growth (style: no god-config): raise it only with a reason in the CHANGELOG.
-    assert len(keys) <= 43, f"{len(keys)} recipe leaves: keep the schema small"
+    assert len(keys) <= 50, f"{len(keys)} recipe leaves: keep the schema small"
 
 
 def test_readme_recipe_defaults_match_the_schema() -> None:
