@@ -161,6 +161,7 @@ def policy_loss(
     max_log_ratio: float = 10.0,
     max_tokens: float | None = None,
     mean_length: float | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, LossStats]:
     """Clipped policy loss to minimise, for any ``Mode``, plus detached stats.
 
@@ -173,12 +174,22 @@ def policy_loss(
     response contributes 0 to the loss and is left out of the GSPO stats. Raises
     ``ValueError`` on mismatched shapes, an unknown mode, or a negative clip / non-positive
     ``max_log_ratio``.
+
+    ``token_weights`` ``[N, T]`` (detached; e.g. TIS, ``rollout/mismatch.py``) multiply each
+    token's term before aggregation; a response-level term (GSPO, GMPO) stands at every token
+    of its response, so it is multiplied by the response's mean weight. None (or all ones)
+    leaves the loss and its gradient exactly as they are; the stats are unweighted.
     """
     _check_token_shapes(logprobs, old_logprobs, mask)
     if advantages.shape != logprobs.shape[:1]:
         raise ValueError(
             f"advantages must have shape [N] = {tuple(logprobs.shape[:1])}, "
             f"got {tuple(advantages.shape)}"
+        )
+    if token_weights is not None and token_weights.shape != logprobs.shape:
+        raise ValueError(
+            f"token_weights must have shape [N, T] = {tuple(logprobs.shape)}, "
+            f"got {tuple(token_weights.shape)}"
         )
     if mode not in _MODES:
         raise ValueError(f"unknown loss mode {mode!r}; expected one of {_MODES}")
@@ -192,15 +203,15 @@ def policy_loss(
     old_logprobs = old_logprobs.detach().to(dtype)  # [N, T]
     mask = mask.to(dtype)  # [N, T]
     adv = advantages.detach().to(dtype)  # [N]
+    weights = None if token_weights is None else token_weights.detach().to(dtype)  # [N, T]
+    bounds = (clip_low, clip_high, max_log_ratio)
     if mode in ("gspo", "gspo_token"):
-        return _gspo_loss(
-            logprobs, old_logprobs, adv, mask, clip_low, clip_high, max_log_ratio, mode != "gspo"
-        )
+        return _gspo_loss(logprobs, old_logprobs, adv, mask, *bounds, mode != "gspo", weights)
     if mode == "gmpo":
-        return _gmpo_loss(logprobs, old_logprobs, adv, mask, clip_low, clip_high, max_log_ratio)
-    per_token, stats = _token_terms(
-        logprobs, old_logprobs, adv, mask, mode, clip_low, clip_high, max_log_ratio
-    )  # [N, T]
+        return _gmpo_loss(logprobs, old_logprobs, adv, mask, *bounds, weights)
+    per_token, stats = _token_terms(logprobs, old_logprobs, adv, mask, mode, *bounds)  # [N, T]
+    if weights is not None:  # the one place token weights enter a token mode's loss
+        per_token = per_token * weights  # [N, T]
     return _aggregate(per_token, mask, mode, max_tokens, mean_length), stats
 
 
@@ -333,6 +344,7 @@ def _gmpo_loss(
     clip_low: float,
     clip_high: float,
     max_log_ratio: float,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, LossStats]:
     """GMPO: geometric mean of the token terms, each clipped in log space (see the module)."""
     log_w = _masked_log_ratio(logprobs, old_logprobs, mask)  # [N, T]
@@ -341,7 +353,10 @@ def _gmpo_loss(
     log_term = sign * torch.minimum(sign * log_w, sign * bounded)  # [N, T], 0 where A = 0
     log_g = masked_mean(log_term, mask, dim=1).clamp(-max_log_ratio, max_log_ratio)  # [N]
     has_tokens = (mask.sum(dim=1) > 0).to(log_g.dtype)  # [N]
-    loss = (-adv * torch.exp(log_g) * has_tokens).mean()  # []
+    per_response = -adv * torch.exp(log_g) * has_tokens  # [N]
+    if weights is not None:  # the response's term stands at each token: its mean weight
+        per_response = per_response * masked_mean(weights, mask, dim=1)  # [N]
+    loss = per_response.mean()  # []
     w = torch.exp(log_w.clamp(-max_log_ratio, max_log_ratio))  # [N, T]
     adv_t = adv.unsqueeze(1).expand_as(w)  # [N, T]
     return loss, _stats(w, adv_t, mask, clip_low, clip_high, log_space=True)
@@ -356,6 +371,7 @@ def _gspo_loss(
     clip_high: float,
     max_log_ratio: float,
     token_level: bool,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, LossStats]:
     """GSPO (one ratio per response) or GSPO-token (same value and gradient, per token)."""
     log_s = sequence_log_ratio(logprobs, old_logprobs, mask)  # [N]
@@ -370,9 +386,13 @@ def _gspo_loss(
         s_t = torch.exp(log_s_clamped.detach().unsqueeze(1) + token_part)  # [N, T]
         adv_t = adv.unsqueeze(1).expand_as(s_t)  # [N, T]
         per_token = _clipped_objective(s_t, adv_t, clip_low, clip_high)  # [N, T]
+        if weights is not None:
+            per_token = per_token * weights  # [N, T]
         loss = masked_mean(per_token, mask, dim=1).mean()  # []
     else:
         # One term per response, never broadcast over tokens: that would length-weight it.
         per_response = _clipped_objective(s, adv, clip_low, clip_high) * has_tokens  # [N]
+        if weights is not None:  # the response's term stands at each token: its mean weight
+            per_response = per_response * masked_mean(weights, mask, dim=1)  # [N]
         loss = per_response.mean()  # []
     return loss, _stats(s, adv, has_tokens, clip_low, clip_high)

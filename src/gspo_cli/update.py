@@ -55,7 +55,9 @@ def _objective(
     """Policy loss (+ β·KL) of `rows` given their current log-probs `[n, T_k]`; `mean_length`
     is the whole minibatch's mean completion length (DAPO's and CISPO's token mean)."""
     algo, t = recipe.algo, logprobs.shape[1]
-    mask = batch.gen.completion_mask[rows, :t]  # [n, T_k]
+    masks = batch.gen.completion_mask if batch.loss_mask is None else batch.loss_mask  # [N, T]
+    mask = masks[rows, :t]  # [n, T_k] (overlong filtering zeroes truncated rows)
+    weights = None if batch.token_weights is None else batch.token_weights[rows, :t]  # TIS
     loss, stats = policy_loss(
         logprobs,
         batch.old_logprobs[rows, :t],
@@ -67,6 +69,7 @@ def _objective(
         max_log_ratio=algo.max_log_ratio,
         max_tokens=recipe.rollout.max_new_tokens,
         mean_length=mean_length,
+        token_weights=weights,
     )
     kl = torch.zeros((), device=loss.device)
     if batch.ref_logprobs is not None:
@@ -113,7 +116,8 @@ def accumulate_gradients(
     plans = microbatch.plan(gen.attention_mask, gen.completion_mask, rows[mine], budget)
     passes = distributed.max_int(cluster, len(plans))  # before any pass: collectives pair up
     replay = recipe.algo.routing_replay
-    mean_length = float(gen.completion_mask[rows].sum()) / max(n, 1)  # the whole minibatch's
+    in_loss = gen.completion_mask if batch.loss_mask is None else batch.loss_mask  # [N, T]
+    mean_length = float(in_loss[rows].sum()) / max(n, 1)  # the whole minibatch's
     for mb in plans:
         experts = batch.old_experts
         with routing.update_pass(

@@ -23,7 +23,7 @@ def documented_keys(kind: str) -> set[str]:
     section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
     return {
         m[0]
-        for m in re.findall(r"^\| `(\w+)` \| (\w+) \|", section, re.M)
+        for m in re.findall(r"^\| `([\w/]+)` \| (\w+) \|", section, re.M)
         if m[1] in (kind, "both")
     }
 

@@ -312,7 +312,7 @@ def test_moe_rows_carry_exactly_the_documented_keys(tiny_moe_dir: Path, tmp_path
 
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
-    table = re.findall(r"^\| `(\w+)` \| (\w+) \|", section, re.M)
+    table = re.findall(r"^\| `([\w/]+)` \| (\w+) \|", section, re.M)
     expected = {key for key, row in table if row in ("train", "both", "moe")}
     assert {"router_drift", "router_drift_tokens"} <= expected
     rows = _train_rows(tiny_moe_dir, tmp_path / "run", "train.steps=1")

@@ -180,7 +180,7 @@ class RunBook:
         """The step's metrics row (judged by the watchdog) and completions sample."""
         row = {
             "step": step,
-            **asdict(rollout),
+            **rollout.as_row(),
             **asdict(update),
             **_drift_metrics(self.parts.meter, self.cluster),
             "lr": self.parts.optimizer.param_groups[0]["lr"],

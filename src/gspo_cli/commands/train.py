@@ -2,10 +2,13 @@
 
 One rollout step samples `prompts_per_step × group_size` completions with the current
 policy, which becomes π_old for the step: its log-probs are computed once, right after
-sampling. Rewards are normalised within each prompt's group into advantages. The batch is
-then split into `minibatches` (× `epochs`) optimiser steps (`update`). The first minibatch
-is on-policy (ratio 1); later ones see the policy drift, which is what GSPO's sequence
-ratio and tight clip range control. `run` is the whole algorithm; read it top to bottom.
+sampling. With dynamic sampling (DAPO), groups whose G rewards are all equal are dropped
+and more prompts sampled, round by round, until the step has `prompts_per_step` informative
+groups (`rollout.rounds`). Rewards are normalised within each prompt's group into
+advantages. The batch is then split into `minibatches` (× `epochs`) optimiser steps
+(`update`). The first minibatch is on-policy (ratio 1); later ones see the policy drift,
+which is what GSPO's sequence ratio and tight clip range control. `run` is the whole
+algorithm; read it top to bottom.
 
 What is not the algorithm lives behind well-named calls: building the model, data, reward
 and optimiser (`trainsetup.build`), and the bookkeeping (`bookkeeping.RunBook`): resume,
@@ -38,7 +41,8 @@ from gspo_cli.commands.resources import MemoryEstimate
 from gspo_cli.losses import group_advantages
 from gspo_cli.models.loading import check_model_source
 from gspo_cli.recipe import Recipe, check_world_size
-from gspo_cli.rollout.stages import assemble, sample, score_samples
+from gspo_cli.rollout.rounds import Round, enough, select
+from gspo_cli.rollout.stages import assemble, gather, sample, score_samples
 from gspo_cli.rundir.metrics import Row
 from gspo_cli.update import update
 
@@ -84,20 +88,28 @@ def run(
     parts = trainsetup.build(recipe, resume_from, cluster, say)  # data, model, reward, optimiser
     policy, reference, tokenizer = parts.policy, parts.reference, parts.tokenizer
     g, scale = recipe.rollout.group_size, recipe.algo.advantage_scale
+    reward_fn, pad_id = parts.reward_fn, tokenizer.pad_token_id
 
     with RunBook(recipe, run_dir, parts, cluster, resume_from, say).open(on_row) as book:
         for step in book.steps():
             step_start = time.perf_counter()
-            indices, examples = book.next_prompts()  # this rank's share of the step's prompts
-            # 1. sample G completions per prompt with π_old (the current policy), and their
-            #    log-probs under π_old and the reference
-            samples = sample(policy, reference, tokenizer, examples, recipe, step, cluster)
-            # 2. score every completion against its reference answer: rewards [N]
-            rewards, score_s = score_samples(samples, examples, parts.reward_fn, recipe, cluster)
+            rounds: list[Round] = []
+            while not enough(rounds, recipe):  # one round, or more with dynamic sampling
+                indices, examples = book.next_prompts()  # this rank's share of the prompts
+                # 1. sample G completions per prompt with π_old (the current policy), and
+                #    their log-probs under π_old, the sampler and the reference
+                samples = sample(
+                    policy, reference, tokenizer, examples, recipe, step, cluster, len(rounds)
+                )
+                # 2. score every completion against its reference answer: rewards [N]
+                rewards, score_s = score_samples(samples, examples, reward_fn, recipe, cluster)
+                rounds.append(Round(gather(samples, pad_id, cluster), rewards, indices, score_s))
+            # dynamic sampling keeps the groups whose rewards differ (all of one round if off)
+            samples, rewards, indices, score_s, dynamic = select(rounds, recipe, pad_id)
             # 3. advantages: each reward normalised within its prompt's group of G
             advantages, zero_std = group_advantages(rewards, g, scale=scale)  # [N]
             batch, stats = assemble(
-                samples, rewards, advantages, zero_std, score_s, tokenizer.pad_token_id, cluster
+                samples, rewards, advantages, zero_std, score_s, recipe, dynamic, cluster
             )
             # 4. the clipped policy loss (sequence ratio: GSPO; token ratio: GRPO), minibatch
             #    by minibatch, each an optimiser step

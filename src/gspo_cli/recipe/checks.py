@@ -38,13 +38,26 @@ def _batch_contradictions(rollout: RolloutSection, algo: AlgoSection | None) -> 
             f"step is more than the limit of {MAX_COMPLETIONS}, far beyond any real use; lower "
             "either"
         ]
+    problems = _overlong_contradictions(rollout)
     if algo is None:
-        return []
+        return problems
     m = algo.minibatches
-    problems = [_indivisible_minibatches(p, g, m)] if n % m else []
+    problems += [_indivisible_minibatches(p, g, m)] if n % m else []
     if m > n:
         problems.append(f"algo.minibatches: {m} is more than the {n} completions per step")
     return problems
+
+
+def _overlong_contradictions(rollout: RolloutSection) -> list[str]:
+    """DAPO's soft punishment ramps over the last overlong_buffer tokens before the limit."""
+    buffer, limit = rollout.overlong_buffer, rollout.max_new_tokens
+    if buffer < limit:
+        return []
+    return [
+        f"rollout.overlong_buffer: {buffer} tokens is not shorter than rollout.max_new_tokens "
+        f"{limit}, so every completion would be punished for its length; set it below {limit} "
+        f"(DAPO: a quarter of the limit, here {max(1, limit // 4)}) or to 0 (off)"
+    ]
 
 
 def _indivisible_minibatches(p: int, g: int, m: int) -> str:

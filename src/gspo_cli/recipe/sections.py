@@ -241,6 +241,38 @@ class RolloutSection(_Section):
     temperature: float = Field(1.0, gt=0, le=10, description="sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (1.0 = off)")
     max_new_tokens: int = Field(8, ge=1, le=131_072, description="longest completion, in tokens")
+    # DAPO's rollout-side techniques (Yu et al. 2025, arXiv 2503.14476, §3.2 and §3.4).
+    dynamic_sampling: bool = Field(
+        False,
+        description="DAPO dynamic sampling: drop groups whose G rewards are all equal and "
+        "sample more prompts until the step has prompts_per_step informative groups",
+    )
+    max_extra_rounds: int = Field(
+        4,
+        ge=0,
+        le=1000,
+        description="dynamic sampling: extra rounds of prompts_per_step prompts per step at "
+        "most; when they run out, the step fills up with dropped groups (metric dynamic/cap_hit)",
+    )
+    overlong_filter: bool = Field(
+        False,
+        description="DAPO overlong filtering: completions cut at max_new_tokens without an EOS "
+        "are masked out of the loss (their rewards still count in their group's advantages)",
+    )
+    overlong_buffer: int = Field(
+        0,
+        ge=0,
+        le=131_072,
+        description="DAPO overlong soft punishment: a penalty growing linearly to "
+        "overlong_penalty over the last this many tokens before max_new_tokens, added to the "
+        "reward; 0: off",
+    )
+    overlong_penalty: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="the soft punishment at max_new_tokens (DAPO: 1.0), subtracted from the reward",
+    )
 
 
 class AlgoSection(_Section):
@@ -287,6 +319,15 @@ class AlgoSection(_Section):
         False,
         description="mixture-of-experts models: compute the current policy's log-probs with the "
         "experts π_old chose (gradients still reach the router); a dense model refuses it",
+    )
+    tis: bool = Field(
+        False,
+        description="truncated importance sampling (Yao et al. 2025): weight each token's loss "
+        "by min(π_old / π_sampler, tis_cap), correcting the gap between the sampler's and the "
+        "trainer's log-probs (bf16, MoE); a no-op where π_old is the sampler's own",
+    )
+    tis_cap: float = Field(
+        2.0, ge=1, le=1000, description="C, the cap on the TIS weight (Yao et al. 2025: 2)"
     )
 
 

@@ -144,6 +144,7 @@ def generate(
     top_p: float = 1.0,
     greedy: bool = False,
     seeds: Sequence[int] | None = None,
+    sampler_logprobs: bool = False,
 ) -> Generation:
     """Sample (or greedily decode) one completion per prompt with a KV cache.
 
@@ -151,6 +152,9 @@ def generate(
     model's softmax at `temperature` (top-k off; top-p when < 1), which is what
     `completion_logprobs` scores. Row i is sampled with its own generator seeded by
     `seeds[i]` (see `RowSampler`); without `seeds`, they are drawn from torch's global RNG.
+    The sampling pass's own log-probs come back (`Generation.logprobs`) when they can stand
+    in for π_old (`sampler_logprobs_suffice`), or always with `sampler_logprobs` (sampling
+    only): the mismatch ledger compares them with a separate π_old forward.
     """
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -172,7 +176,9 @@ def generate(
         choose=choose,
         stop_ids=stop_ids,
         pad_id=tokenizer.pad_token_id,
-        temperature=None if greedy or not sampler_logprobs_suffice(model) else temperature,
+        temperature=None
+        if greedy or not (sampler_logprobs or sampler_logprobs_suffice(model))
+        else temperature,
     )  # [N, P+T'] with T' <= max_new_tokens, [N, T'] or None
     model.train(was_training)
     prompt_len = enc["input_ids"].shape[1]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -31,7 +31,8 @@ from gspo_cli.data import Example, render_prompt
 from gspo_cli.recipe import Recipe
 from gspo_cli.rewards import RewardFn, score
 from gspo_cli.rewards import label as reward_label
-from gspo_cli.rollout.sampling import Generation, generate
+from gspo_cli.rollout import dapo, mismatch
+from gspo_cli.rollout.sampling import Generation, generate, sampler_logprobs_suffice
 from gspo_cli.scoring import routing
 from gspo_cli.scoring.completions import batched_logprobs, causal_lm
 from gspo_cli.scoring.microbatch import MicroBatch
@@ -46,6 +47,11 @@ class RolloutBatch:
     ref_logprobs: torch.Tensor | None  # [N, T] frozen reference, only when kl_beta > 0
     # [N, P+T, L, k] experts π_old chose per (row, column, MoE layer); None for a dense model
     old_experts: torch.Tensor | None = None
+    # [N, T] the loss's mask: the completion mask with filtered rows (overlong) zeroed; None:
+    # the completion mask itself
+    loss_mask: torch.Tensor | None = None
+    # [N, T] per-token loss weights (TIS), detached; None: all 1
+    token_weights: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -60,11 +66,19 @@ class RolloutStats:
     sample_s: float
     score_s: float
     old_logprob_s: float
+    # namespaced figures of the options that shape the batch (dynamic/*, overlong/*, tis/*)
+    # and the mismatch ledger (mismatch/*)
+    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
         """Sampling, scoring and π_old log-probs together."""
         return self.sample_s + self.score_s + self.old_logprob_s
+
+    def as_row(self) -> dict[str, float]:
+        """The metrics row's rollout part: every field, `extra` flattened into it."""
+        row = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        return {**row, **self.extra}
 
 
 @dataclass(frozen=True)
@@ -89,14 +103,18 @@ def sample(
     recipe: Recipe,
     step: int = 0,
     cluster: Cluster = SINGLE,
+    round_: int = 0,
 ) -> Samples:
     """G completions of each of this rank's `examples` with the current policy, which is
     π_old for the step, and their log-probs under π_old (from the sampling pass itself when
-    that is exact, else a separate forward that also records MoE routing) and the reference.
-    Completion row i of the step is sampled with seed `derive(seed, "sample", step, i)`."""
+    that is exact, else a separate forward that also records MoE routing) and the reference;
+    `gen.logprobs` holds the sampler's own log-probs either way (the mismatch ledger).
+    Completion row i of the step's round r (dynamic sampling samples more rounds) is sampled
+    with seed `derive(seed, "sample", step, r * N + i)`, N the completions per round."""
     g, temperature = recipe.rollout.group_size, recipe.rollout.temperature
     started = time.perf_counter()
-    first_row = cluster.rank * len(examples) * g  # this share's first row in the whole batch
+    # this share's first row in the whole step, counting the rounds before
+    first_row = (round_ * cluster.world_size + cluster.rank) * len(examples) * g
     seeds = [derive(recipe.seed, "sample", step, first_row + i) for i in range(len(examples) * g)]
     prompts = [render_prompt(tokenizer, e.prompt) for e in examples for _ in range(g)]
     budget, chunk = recipe.train.microbatch_tokens, recipe.train.logprob_chunk_tokens
@@ -109,11 +127,13 @@ def sample(
             temperature=temperature,
             top_p=recipe.rollout.top_p,
             seeds=seeds,
+            sampler_logprobs=True,
         )
         sampled = time.perf_counter()
         old_experts, around = _routing_recorder(policy, gen)
         old = gen.logprobs  # [n, T] from sampling itself, when that is exact enough
-        if old is None or around is not None:  # a separate π_old forward (records MoE routing)
+        if old is None or around is not None or not sampler_logprobs_suffice(causal_lm(policy)):
+            # a separate π_old forward (records MoE routing)
             old = batched_logprobs(
                 policy,
                 gen,
@@ -144,7 +164,27 @@ def score_samples(
     references = [e.reference for e in examples for _ in range(g)]
     label = reward_label(recipe.reward_terms)
     mine = torch.tensor(score(reward_fn, label, samples.gen.texts, references))  # [n]
+    rollout = recipe.rollout
+    if rollout.overlong_buffer > 0:  # DAPO's soft punishment, part of the reward
+        lengths = samples.gen.completion_mask.sum(dim=1).cpu()  # [n]
+        mine = mine + dapo.overlong_penalty(
+            lengths, rollout.max_new_tokens, rollout.overlong_buffer, rollout.overlong_penalty
+        )  # [n]
     return distributed.gather_rows(cluster, mine), time.perf_counter() - started  # [N]
+
+
+def gather(samples: Samples, pad_id: int, cluster: Cluster = SINGLE) -> Samples:
+    """The whole round's samples on every rank: each rank's rows in rank order, re-padded to
+    the widest prompt and completion (as one process would have sampled them)."""
+    gen, old, ref, experts = _gather(
+        cluster,
+        samples.gen,
+        samples.old_logprobs,
+        samples.ref_logprobs,
+        pad_id,
+        samples.old_experts,
+    )
+    return replace(samples, gen=gen, old_logprobs=old, ref_logprobs=ref, old_experts=experts)
 
 
 def assemble(
@@ -153,26 +193,36 @@ def assemble(
     advantages: torch.Tensor,
     zero_std_frac: float,
     score_s: float,
-    pad_id: int,
+    recipe: Recipe,
+    extra: dict[str, float],
     cluster: Cluster = SINGLE,
 ) -> tuple[RolloutBatch, RolloutStats]:
-    """The whole step's batch on every rank (each rank's rows gathered, re-padded to the
-    widest) with its `rewards` and `advantages` `[N]`, and the step's rollout figures."""
-    gen, old, ref, old_experts = _gather(
-        cluster,
-        samples.gen,
-        samples.old_logprobs,
-        samples.ref_logprobs,
-        pad_id,
-        samples.old_experts,
+    """The step's batch from its whole `samples` (`gather`ed, on every rank) with their
+    `rewards` and `advantages` `[N]`: the loss mask (overlong filtering), the TIS weights, and
+    the step's rollout figures with the mismatch ledger and the `extra` ones (dynamic/*)."""
+    gen, old = samples.gen, samples.old_logprobs
+    mask = gen.completion_mask  # [N, T]
+    sampler = gen.logprobs if gen.logprobs is not None else old  # [N, T]
+    figures = {**extra, **mismatch.ledger(old, sampler, mask)}
+    loss_mask, weights = None, None
+    rollout = recipe.rollout
+    if rollout.overlong_filter:
+        loss_mask = mask * (~gen.truncated).to(mask.dtype)[:, None]  # [N, T]
+    if rollout.overlong_filter or rollout.overlong_buffer > 0:
+        figures |= _overlong_figures(gen, recipe)
+    if recipe.algo.tis:
+        weights = mismatch.tis_weights(old, sampler, mask, recipe.algo.tis_cap)  # [N, T]
+        figures |= mismatch.tis_figures(weights, mask, recipe.algo.tis_cap)
+    batch = RolloutBatch(
+        gen, rewards, advantages.to(old.device), old, samples.ref_logprobs, samples.old_experts
     )
-    batch = RolloutBatch(gen, rewards, advantages.to(old.device), old, ref, old_experts)
+    batch = replace(batch, loss_mask=loss_mask, token_weights=weights)
     timings = {
         "sample_s": samples.sample_s,
         "score_s": score_s,
         "old_logprob_s": samples.old_logprob_s,
     }
-    lengths = gen.completion_mask.sum(dim=1)  # [N]
+    lengths = mask.sum(dim=1)  # [N]
     stats = RolloutStats(
         reward_mean=rewards.mean().item(),
         reward_std=rewards.std().item() if rewards.numel() > 1 else 0.0,
@@ -182,8 +232,25 @@ def assemble(
         truncated_frac=gen.truncated.float().mean().item(),
         completion_tokens=int(lengths.sum().item()),
         **distributed.max_floats(cluster, timings),  # the slowest rank sets the pace
+        extra=figures,
     )
     return batch, stats
+
+
+def _overlong_figures(gen: Generation, recipe: Recipe) -> dict[str, float]:
+    """The trained batch's overlong figures: the fraction masked out of the loss (0 without
+    overlong_filter), the mean soft punishment and the fraction punished at all."""
+    rollout = recipe.rollout
+    lengths = gen.completion_mask.sum(dim=1).cpu()  # [N]
+    penalty = dapo.overlong_penalty(
+        lengths, rollout.max_new_tokens, rollout.overlong_buffer, rollout.overlong_penalty
+    )  # [N]
+    filtered = gen.truncated.float().mean().item() if rollout.overlong_filter else 0.0
+    return {
+        "overlong/filtered_frac": filtered,
+        "overlong/penalty_mean": penalty.mean().item(),
+        "overlong/punished_frac": (penalty < 0).float().mean().item(),
+    }
 
 
 def _routing_recorder(
@@ -240,6 +307,7 @@ def _gather(
         completion_mask=completions(gen.completion_mask),  # [N, T]
         truncated=distributed.gather_rows(cluster, gen.truncated.to(torch.uint8)).bool(),  # [N]
         texts=[text for part in distributed.gather_objects(cluster, gen.texts) for text in part],
+        logprobs=None if gen.logprobs is None else completions(gen.logprobs),  # [N, T]
     )
     return (
         whole,
