@@ -49,7 +49,6 @@ from gspo_cli.base.constants import AdvantageScale as AdvantageScale
 from gspo_cli.base.constants import Mode as Mode
 
 _MODES: tuple[str, ...] = get_args(Mode)
-_SCALES: tuple[str, ...] = get_args(AdvantageScale)
 
 
 @dataclass(frozen=True)
@@ -79,62 +78,6 @@ def masked_mean(values: Tensor, mask: Tensor, dim: int) -> Tensor:
     total = (values * mask).sum(dim=dim)  # [N] for [N, T] inputs and dim=1
     count = mask.sum(dim=dim).clamp(min=1)  # [N]
     return total / count
-
-
-def group_advantages(
-    rewards: Tensor,
-    group_size: int,
-    *,
-    scale: AdvantageScale = "group",
-    eps: float = 1e-6,
-) -> tuple[Tensor, float]:
-    """Group-relative advantages ``A_i = (r_i - mean_group) / (std + eps)``.
-
-    ``rewards`` is ``[N]`` laid out group by group: the ``group_size`` responses of prompt p
-    are rows ``p*G .. p*G+G-1``. The denominator is the group's std for ``scale="group"``, the
-    whole batch's std for ``"batch"``, and 1 for ``"none"`` (no division, ``eps`` not added).
-    The std is torch's default unbiased estimate (Bessel's correction, ``correction=1``), as
-    in TRL, verl and the paper's reference code.
-
-    A group whose rewards are all equal teaches nothing: it gets advantage exactly 0 for
-    every scale (no floating-point residue from the mean) and counts toward
-    ``zero_std_frac = (#groups with zero std) / (#groups)``.
-
-    Returns ``(advantages [N], zero_std_frac)``; advantages carry no gradient. Raises
-    ``ValueError`` if ``rewards`` is not 1-D and non-empty, if ``group_size < 2``, if ``N`` is
-    not a multiple of ``group_size``, or if ``scale`` is unknown.
-    """
-    if group_size < 2:
-        raise ValueError(
-            f"group_size must be at least 2 to compare responses within a group, got {group_size}"
-        )
-    if rewards.dim() != 1 or rewards.numel() == 0:
-        raise ValueError(
-            f"rewards must be a non-empty 1-D tensor [N], got shape {tuple(rewards.shape)}"
-        )
-    if rewards.numel() % group_size != 0:
-        raise ValueError(
-            f"number of rewards ({rewards.numel()}) is not a multiple of group_size "
-            f"({group_size}); rewards must hold group_size responses for every prompt"
-        )
-    if scale not in _SCALES:
-        raise ValueError(f"unknown advantage scale {scale!r}; expected one of {_SCALES}")
-
-    r = rewards.detach()
-    if not r.is_floating_point():
-        r = r.to(torch.get_default_dtype())
-    grouped = r.reshape(-1, group_size)  # [P, G]
-    constant = grouped.amax(dim=1) == grouped.amin(dim=1)  # [P]
-    centred = grouped - grouped.mean(dim=1, keepdim=True)  # [P, G]
-    if scale == "group":
-        advantages = centred / (grouped.std(dim=1, keepdim=True) + eps)  # [P, G]
-    elif scale == "batch":
-        advantages = centred / (r.std() + eps)  # [P, G]
-    else:
-        advantages = centred  # [P, G]
-    advantages = torch.where(constant.unsqueeze(1), torch.zeros_like(advantages), advantages)
-    zero_std_frac = float(constant.to(r.dtype).mean().item())
-    return advantages.reshape(-1), zero_std_frac  # [N]
 
 
 def sequence_log_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
@@ -180,24 +123,8 @@ def policy_loss(
     of its response, so it is multiplied by the response's mean weight. None (or all ones)
     leaves the loss and its gradient exactly as they are; the stats are unweighted.
     """
-    _check_token_shapes(logprobs, old_logprobs, mask)
-    if advantages.shape != logprobs.shape[:1]:
-        raise ValueError(
-            f"advantages must have shape [N] = {tuple(logprobs.shape[:1])}, "
-            f"got {tuple(advantages.shape)}"
-        )
-    if token_weights is not None and token_weights.shape != logprobs.shape:
-        raise ValueError(
-            f"token_weights must have shape [N, T] = {tuple(logprobs.shape)}, "
-            f"got {tuple(token_weights.shape)}"
-        )
-    if mode not in _MODES:
-        raise ValueError(f"unknown loss mode {mode!r}; expected one of {_MODES}")
-    if clip_low < 0 or clip_high < 0 or max_log_ratio <= 0:
-        raise ValueError(
-            "clip_low and clip_high must be >= 0 and max_log_ratio > 0, got "
-            f"clip_low={clip_low}, clip_high={clip_high}, max_log_ratio={max_log_ratio}"
-        )
+    _check_inputs(logprobs, old_logprobs, advantages, mask, token_weights, mode)
+    _check_bounds(clip_low, clip_high, max_log_ratio)
     dtype = torch.promote_types(logprobs.dtype, torch.float32)
     logprobs = logprobs.to(dtype)  # [N, T]
     old_logprobs = old_logprobs.detach().to(dtype)  # [N, T]
@@ -229,6 +156,38 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:
 
 
 # --- private helpers ---------------------------------------------------------------------
+
+
+def _check_inputs(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    token_weights: Tensor | None,
+    mode: str,
+) -> None:
+    """`policy_loss`'s shapes and mode, or a ValueError that names the one that is wrong."""
+    _check_token_shapes(logprobs, old_logprobs, mask)
+    if advantages.shape != logprobs.shape[:1]:
+        raise ValueError(
+            f"advantages must have shape [N] = {tuple(logprobs.shape[:1])}, "
+            f"got {tuple(advantages.shape)}"
+        )
+    if token_weights is not None and token_weights.shape != logprobs.shape:
+        raise ValueError(
+            f"token_weights must have shape [N, T] = {tuple(logprobs.shape)}, "
+            f"got {tuple(token_weights.shape)}"
+        )
+    if mode not in _MODES:
+        raise ValueError(f"unknown loss mode {mode!r}; expected one of {_MODES}")
+
+
+def _check_bounds(clip_low: float, clip_high: float, max_log_ratio: float) -> None:
+    if clip_low < 0 or clip_high < 0 or max_log_ratio <= 0:
+        raise ValueError(
+            "clip_low and clip_high must be >= 0 and max_log_ratio > 0, got "
+            f"clip_low={clip_low}, clip_high={clip_high}, max_log_ratio={max_log_ratio}"
+        )
 
 
 def _check_token_shapes(logprobs: Tensor, other: Tensor, mask: Tensor) -> None:

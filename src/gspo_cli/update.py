@@ -115,13 +115,12 @@ def accumulate_gradients(
     budget = recipe.train.microbatch_tokens
     plans = microbatch.plan(gen.attention_mask, gen.completion_mask, rows[mine], budget)
     passes = distributed.max_int(cluster, len(plans))  # before any pass: collectives pair up
-    replay = recipe.algo.routing_replay
     in_loss = gen.completion_mask if batch.loss_mask is None else batch.loss_mask  # [N, T]
     mean_length = float(in_loss[rows].sum()) / max(n, 1)  # the whole minibatch's
     for mb in plans:
-        experts = batch.old_experts
+        replay = recipe.algo.routing_replay
         with routing.update_pass(
-            model, experts, gen.completion_mask, mb, p, replay=replay, meter=meter
+            model, batch.old_experts, gen.completion_mask, mb, p, replay=replay, meter=meter
         ):
             logprobs = completion_logprobs(
                 model,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from gspo_cli.losses import group_advantages
+from gspo_cli.advantages import group_advantages
 from gspo_cli.rundir.checkpoint import complete_checkpoints
 from gspo_cli.rundir.metrics import read_metrics
 from gspo_cli.rundir.paths import MANIFEST_FILE

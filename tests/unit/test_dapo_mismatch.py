@@ -10,11 +10,12 @@ from typing import Any, get_args
 import pytest
 import torch
 
+from gspo_cli.advantages import group_advantages
 from gspo_cli.base.constants import Mode
 from gspo_cli.base.distributed import SINGLE, Cluster
 from gspo_cli.base.errors import RecipeError
 from gspo_cli.data import Example
-from gspo_cli.losses import group_advantages, policy_loss
+from gspo_cli.losses import policy_loss
 from gspo_cli.models.loading import load_policy
 from gspo_cli.recipe import load_recipe
 from gspo_cli.rollout import dapo, mismatch

@@ -24,6 +24,7 @@ LAYERS = [
     "data",
     "recipe",
     "losses",
+    "advantages",
     "scoring",
     "rewards",
     "base",

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import Tensor
 
+from gspo_cli.advantages import group_advantages
 from gspo_cli.losses import (
     LossStats,
     Mode,
-    group_advantages,
     kl_k3,
     masked_mean,
     policy_loss,

@@ -8,7 +8,8 @@ from typing import get_args
 import pytest
 import torch
 
-from gspo_cli.losses import Mode, group_advantages
+from gspo_cli.advantages import group_advantages
+from gspo_cli.losses import Mode
 from gspo_cli.models.loading import load_policy
 from gspo_cli.recipe import load_recipe
 from gspo_cli.rollout.sampling import generate

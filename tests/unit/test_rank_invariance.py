@@ -13,11 +13,12 @@ import pytest
 import torch
 from torch import Tensor
 
+from gspo_cli.advantages import group_advantages
 from gspo_cli.base import distributed
 from gspo_cli.base.distributed import Cluster, from_env
 from gspo_cli.base.errors import RecipeError, UserError
 from gspo_cli.base.seeding import derive
-from gspo_cli.losses import Mode, group_advantages
+from gspo_cli.losses import Mode
 from gspo_cli.models.loading import load_policy
 from gspo_cli.recipe import check_world_size, load_recipe
 from gspo_cli.rollout.sampling import RowSampler, generate, top_p_filter

@@ -33,12 +33,12 @@ from pathlib import Path
 
 import torch
 
+from gspo_cli.advantages import group_advantages
 from gspo_cli.base.distributed import SINGLE, Cluster
 from gspo_cli.commands import resources, trainsetup
 from gspo_cli.commands.bookkeeping import RunBook
 from gspo_cli.commands.preflight import check_trackers
 from gspo_cli.commands.resources import MemoryEstimate
-from gspo_cli.losses import group_advantages
 from gspo_cli.models.loading import check_model_source
 from gspo_cli.recipe import Recipe, check_world_size
 from gspo_cli.rollout.rounds import Round, enough, select

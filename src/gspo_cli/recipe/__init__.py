@@ -24,10 +24,8 @@ from gspo_cli.recipe.schema import Recipe, RewardSpec
 from gspo_cli.recipe.sections import (
     DEFAULT_ADVANTAGE_SCALE,
     DEFAULT_CLIP,
-    GENERATED_TASKS,
     MAX_COMPLETIONS,
     MAX_STEPS,
-    TASK_DEFAULTS,
     AlgoSection,
     DataSection,
     LoraSection,
@@ -35,10 +33,9 @@ from gspo_cli.recipe.sections import (
     OptimSection,
     RewardTerm,
     RolloutSection,
-    Task,
-    TaskDefaults,
     TrainSection,
 )
+from gspo_cli.recipe.tasks import GENERATED_TASKS, TASK_DEFAULTS, Task, TaskDefaults
 
 __all__ = [
     "BREAKING_ON_RESUME",

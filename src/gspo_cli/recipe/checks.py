@@ -10,13 +10,12 @@ from gspo_cli.base.constants import SEQUENCE_MODES
 from gspo_cli.base.errors import RecipeError
 from gspo_cli.recipe.schema import Recipe
 from gspo_cli.recipe.sections import (
-    GENERATED_TASKS,
     MAX_COMPLETIONS,
-    TASK_DEFAULTS,
     AlgoSection,
     DataSection,
     RolloutSection,
 )
+from gspo_cli.recipe.tasks import GENERATED_TASKS, TASK_DEFAULTS
 
 
 def contradictions(

@@ -11,7 +11,6 @@ from pydantic import Discriminator, Field, Tag, field_validator
 from gspo_cli import rewards
 from gspo_cli.base.errors import UserError
 from gspo_cli.recipe.sections import (
-    TASK_DEFAULTS,
     AlgoSection,
     DataSection,
     ModelSection,
@@ -21,6 +20,7 @@ from gspo_cli.recipe.sections import (
     TrainSection,
     _Section,
 )
+from gspo_cli.recipe.tasks import TASK_DEFAULTS
 
 # A reward is one name or a list of weighted terms; the tag picks the branch, so an error in
 # a list is reported once, at its own path, instead of once per union member.

@@ -1,16 +1,18 @@
 """The recipe's sections: one frozen pydantic model each, with every default on its field.
 
-Also the tables the defaults come from (the paper's clip ranges per mode, each task's fields,
-instruction and reward) and the size limits, so that a typo is refused at load time.
+Also the tables the defaults come from (the paper's clip ranges and advantage scale per mode)
+and the size limits, so that a typo is refused at load time; each task's defaults are in
+`tasks`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gspo_cli.base.constants import LOGPROB_CHUNK_TOKENS, AdvantageScale, Mode
+from gspo_cli.recipe.tasks import Task, task_answer_field, task_instruction, task_prompt_field
 
 # Paper settings (GSPO §5.1 and the GRPO baseline; each variant's paper, cited in `losses`).
 # GSPO's ratio is a per-token geometric mean, so its clip range is three orders of magnitude
@@ -88,63 +90,8 @@ class ModelSection(_Section):
     )
 
 
-Task = Literal["addition", "sums", "gsm8k", "math", "countdown", "custom"]
-
-
-class TaskDefaults(NamedTuple):
-    """What a task fills in when the recipe leaves it unset."""
-
-    prompt_field: str | None  # the record field holding the question
-    answer_field: str | None  # the record field holding the reference answer
-    instruction: str  # appended to each prompt
-    reward: str  # the task's checker
-
-
-# The defaults of `data.prompt_field`, `data.answer_field`, `data.instruction` and `reward`,
-# by `data.task` (the fields' default factories read them); the resolved recipe.yaml spells
-# them out.
-TASK_DEFAULTS: dict[str, TaskDefaults] = {
-    "addition": TaskDefaults(None, None, "", "exact"),
-    "sums": TaskDefaults(None, None, "Answer with just the number.", "gsm8k_flexible"),
-    "gsm8k": TaskDefaults(
-        "question",
-        "answer",
-        "Solve the problem step by step. Put the final answer, a number, after ####.",
-        "gsm8k",
-    ),
-    "math": TaskDefaults("problem", "solution", "Put the final answer in \\boxed{}.", "math_boxed"),
-    "countdown": TaskDefaults(
-        "nums",
-        "target",
-        "Use +, -, * and / and each number exactly once. Write the equation inside "
-        "<answer></answer>, for example <answer>(1 + 2) * 3</answer>.",
-        "countdown",
-    ),
-    "custom": TaskDefaults(None, None, "", "exact"),
-}
-GENERATED_TASKS = (
-    "addition",
-    "sums",
-    "countdown",
-)  # made in code; countdown may also read a source
-
 # Default factories of the fields that follow an earlier one: pydantic passes the fields
 # validated so far (and calls none of them when an earlier field failed).
-
-
-def task_prompt_field(data: dict[str, Any]) -> str | None:
-    """`data.prompt_field`'s default: the task's (TASK_DEFAULTS)."""
-    return TASK_DEFAULTS[data["task"]].prompt_field
-
-
-def task_answer_field(data: dict[str, Any]) -> str | None:
-    """`data.answer_field`'s default: the task's (TASK_DEFAULTS)."""
-    return TASK_DEFAULTS[data["task"]].answer_field
-
-
-def task_instruction(data: dict[str, Any]) -> str:
-    """`data.instruction`'s default: the task's (TASK_DEFAULTS)."""
-    return TASK_DEFAULTS[data["task"]].instruction
 
 
 def mode_clip_low(data: dict[str, Any]) -> float:

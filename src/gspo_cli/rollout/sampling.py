@@ -159,13 +159,7 @@ def generate(
     device = next(model.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     stop_ids = eos_ids(model, tokenizer)
-    # Decoding is greedy either way: sampling is the Gumbel-max argmax of `RowSampler`.
-    choose: Chooser = _argmax
-    if not greedy:
-        if seeds is None:
-            seeds = torch.randint(2**62, (len(prompts),)).tolist()
-        sampler = RowSampler(seeds, temperature, top_p, device)
-        choose = sampler.choose
+    choose = _chooser(len(prompts), greedy, seeds, temperature, top_p, device)
     was_training = model.training
     model.eval()
     out, logprobs = decode(
@@ -197,6 +191,22 @@ def generate(
         texts=texts,
         logprobs=logprobs,
     )
+
+
+def _chooser(
+    n: int,
+    greedy: bool,
+    seeds: Sequence[int] | None,
+    temperature: float,
+    top_p: float,
+    device: torch.device,
+) -> Chooser:
+    """Decoding is greedy either way: sampling is the Gumbel-max argmax of `RowSampler`."""
+    if greedy:
+        return _argmax
+    if seeds is None:
+        seeds = torch.randint(2**62, (n,)).tolist()
+    return RowSampler(seeds, temperature, top_p, device).choose
 
 
 def sampler_logprobs_suffice(model: Any) -> bool:

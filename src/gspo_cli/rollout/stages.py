@@ -1,7 +1,7 @@
 """One rollout batch: sample G completions per prompt, fix π_old, score them, and put the
 step's batch together.
 
-`sample` → `score_samples` → (`losses.group_advantages`) → `assemble`, the stages
+`sample` → `score_samples` → (`advantages.group_advantages`) → `assemble`, the stages
 `train.run` calls in order. Everything here runs
 without gradients. The returned `RolloutBatch` holds what the update needs (sequences,
 masks, advantages, π_old and reference log-probs); the `RolloutStats` hold what the

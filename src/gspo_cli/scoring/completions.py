@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -366,21 +366,10 @@ def completion_logprobs(
     )
 
 
-class Rows(Protocol):
-    """Prompts and completions laid out as in `sampling.Generation`."""
-
-    @property
-    def input_ids(self) -> torch.Tensor: ...  # [N, P+T]
-    @property
-    def attention_mask(self) -> torch.Tensor: ...  # [N, P+T]
-    @property
-    def completion_mask(self) -> torch.Tensor: ...  # [N, T]
-
-
 @torch.no_grad()
 def batched_logprobs(
     model: Any,
-    gen: Rows,
+    gen: microbatch.Rows,
     *,
     temperature: float,
     max_tokens: int,

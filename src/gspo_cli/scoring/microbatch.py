@@ -8,9 +8,21 @@ right-padded completion. A micro-batch keeps only the columns its own rows need.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
+
+
+class Rows(Protocol):
+    """Prompts and completions laid out as in `sampling.Generation`."""
+
+    @property
+    def input_ids(self) -> torch.Tensor: ...  # [N, P+T]
+    @property
+    def attention_mask(self) -> torch.Tensor: ...  # [N, P+T]
+    @property
+    def completion_mask(self) -> torch.Tensor: ...  # [N, T]
 
 
 @dataclass(frozen=True)
