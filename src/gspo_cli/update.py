@@ -55,8 +55,7 @@ def _objective(
     """Policy loss (+ β·KL) of `rows` given their current log-probs `[n, T_k]`; `mean_length`
     is the whole minibatch's mean completion length (DAPO's and CISPO's token mean)."""
     algo, t = recipe.algo, logprobs.shape[1]
-    masks = batch.gen.completion_mask if batch.loss_mask is None else batch.loss_mask  # [N, T]
-    mask = masks[rows, :t]  # [n, T_k] (overlong filtering zeroes truncated rows)
+    mask = batch.in_loss[rows, :t]  # [n, T_k] (overlong filtering zeroes truncated rows)
     weights = None if batch.token_weights is None else batch.token_weights[rows, :t]  # TIS
     loss, stats = policy_loss(
         logprobs,
@@ -115,8 +114,7 @@ def accumulate_gradients(
     budget = recipe.train.microbatch_tokens
     plans = microbatch.plan(gen.attention_mask, gen.completion_mask, rows[mine], budget)
     passes = distributed.max_int(cluster, len(plans))  # before any pass: collectives pair up
-    in_loss = gen.completion_mask if batch.loss_mask is None else batch.loss_mask  # [N, T]
-    mean_length = float(in_loss[rows].sum()) / max(n, 1)  # the whole minibatch's
+    mean_length = float(batch.in_loss[rows].sum()) / max(n, 1)  # the whole minibatch's
     for mb in plans:
         replay = recipe.algo.routing_replay
         with routing.update_pass(

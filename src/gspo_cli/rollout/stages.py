@@ -53,6 +53,11 @@ class RolloutBatch:
     # [N, T] per-token loss weights (TIS), detached; None: all 1
     token_weights: torch.Tensor | None = None
 
+    @property
+    def in_loss(self) -> torch.Tensor:
+        """[N, T] the tokens the loss counts: `loss_mask`, or else the completion mask."""
+        return self.gen.completion_mask if self.loss_mask is None else self.loss_mask
+
 
 @dataclass(frozen=True)
 class RolloutStats:
